@@ -1,0 +1,152 @@
+"""`doge`: one thin command per stage; a DogeError becomes one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dogetickets.errors import DogeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Doge tickets: keep the domain-general heads and FFN blocks of a fine-tuned encoder.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="The paper's released data.")
+app.add_typer(data_app, name="data")
+
+ConfigArg = Annotated[Path, typer.Argument(help="A run config (TOML), e.g. configs/quickstart.toml")]
+DataDirOpt = Annotated[
+    str | None, typer.Option("--data-dir", help="Data directory (default: data.dir, or $DOGE_DATA_DIR)")
+]
+OutOpt = Annotated[str | None, typer.Option("--out", help="Run directory (default: run.out of the config)")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="'minilm' (packaged), a Hub name or a folder")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key: --set train.lr=3e-5 (TOML value)")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars")]
+
+
+def _overrides(data_dir: str | None, out: str | None, model: str | None, sets: list[str] | None) -> dict:
+    o: dict[str, Any] = {}
+    if data_dir:
+        o["data.dir"] = data_dir
+    if out:
+        o["run.out"] = out
+    if model:
+        o["model.name"] = model
+    for item in sets or []:
+        if "=" not in item:
+            raise DogeError(f"--set {item!r}: expected KEY=VALUE")
+        key, raw = item.split("=", 1)
+        try:
+            o[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            o[key.strip()] = raw
+    return o
+
+
+def _pipeline(config: Path, data_dir: str | None, out: str | None, model: str | None,
+              sets: list[str] | None, quiet: bool):  # noqa: ANN202
+    from dogetickets.config import load_config
+    from dogetickets.pipeline import Pipeline
+
+    cfg = load_config(config, _overrides(data_dir, out, model, sets))
+    return Pipeline(cfg, show_progress=not quiet)
+
+
+@app.command()
+def run(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, model: ModelOpt = None,
+        set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """The whole protocol: fine-tune, score, prune, rewind, evaluate; prints the results table."""
+    from dogetickets.results import print_results
+
+    pipe = _pipeline(config, data_dir, out, model, set_, quiet)
+    results = pipe.run()
+    print_results(results)
+    typer.echo(f"results: {pipe.out / 'results.md'}")
+
+
+@app.command()
+def finetune(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, model: ModelOpt = None,
+             set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Save the rewind point, fine-tune (ERM, and IRM if a baseline), evaluate."""
+    _pipeline(config, data_dir, out, model, set_, quiet).finetune()
+
+
+@app.command()
+def score(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, model: ModelOpt = None,
+          set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Per-domain expressive scores of the fine-tuned model (scores/scores.json)."""
+    _pipeline(config, data_dir, out, model, set_, quiet).score()
+
+
+@app.command()
+def prune(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, model: ModelOpt = None,
+          set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Tickets (random, winning, doge) at every sparsity of the config (tickets/*.json)."""
+    for path in _pipeline(config, data_dir, out, model, set_, quiet).prune():
+        typer.echo(str(path))
+
+
+@app.command()
+def rewind(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, model: ModelOpt = None,
+           set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Rewind every ticket to the rewind point, train again with pruned units held at zero, evaluate."""
+    _pipeline(config, data_dir, out, model, set_, quiet).rewind_all()
+
+
+@app.command()
+def evaluate(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, model: ModelOpt = None,
+             set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Re-evaluate the run's saved models on the config's dev and test domains; print the table."""
+    from dogetickets.results import print_results
+
+    pipe = _pipeline(config, data_dir, out, model, set_, quiet)
+    pipe.evaluate_all()
+    print_results(pipe.results())
+
+
+@data_app.command("fetch")
+def data_fetch(
+    task: Annotated[str, typer.Argument(help="amazon, mnli, ontonote or all")],
+    to: Annotated[Path, typer.Option("--to", help="Destination data directory")],
+    base_url: Annotated[str | None, typer.Option("--base-url", help="Where the release is served")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Download the paper's released data files and verify each one's sha256."""
+    from dogetickets.data.fetch import DEFAULT_BASE_URL, fetch
+
+    paths = fetch(task, to, base_url=base_url or DEFAULT_BASE_URL, progress=not quiet)
+    typer.echo(f"{len(paths)} files verified in {to}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except DogeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

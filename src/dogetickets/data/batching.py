@@ -1,0 +1,70 @@
+"""Length-bucketed batches with dynamic padding over tokenized data (tokenized once per run)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dogetickets.data.tasks import IGNORE, Encoded
+
+BUCKET_FACTOR = 50  # batches per length-sorted chunk: local sorting keeps randomness
+
+
+def batch_indices(
+    lengths: np.ndarray,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    bucket: bool = True,
+) -> list[np.ndarray]:
+    """Index batches. Training: shuffle, sort by length within chunks, shuffle the batches.
+    Evaluation (shuffle=False): sorted by length, so padding is minimal."""
+    n = len(lengths)
+    if not shuffle:
+        order = np.argsort(lengths, kind="stable") if bucket else np.arange(n)
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    if bucket:
+        chunk = batch_size * BUCKET_FACTOR
+        parts = []
+        for s in range(0, n, chunk):
+            c = order[s : s + chunk]
+            parts.append(c[np.argsort(lengths[c], kind="stable")])
+        order = np.concatenate(parts) if parts else order
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    perm = rng.permutation(len(batches))
+    return [batches[i] for i in perm]
+
+
+def collate(data: Encoded, idx: np.ndarray, pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad the batch to its longest member (or to `pad_to`); labels padded with IGNORE."""
+    seqs = [data.input_ids[i] for i in idx]
+    width = pad_to or max(len(s) for s in seqs)
+    B = len(idx)
+    ids = np.full((B, width), pad_id, dtype=np.int64)
+    types = np.zeros((B, width), dtype=np.int64)
+    mask = np.zeros((B, width), dtype=np.int64)
+    tagging = isinstance(data.labels[idx[0]], np.ndarray)
+    labels = np.full((B, width), IGNORE, dtype=np.int64) if tagging else np.empty(B, dtype=np.int64)
+    for r, i in enumerate(idx):
+        n = len(data.input_ids[i])
+        ids[r, :n] = data.input_ids[i]
+        types[r, :n] = data.token_type_ids[i]
+        mask[r, :n] = 1
+        if tagging:
+            labels[r, :n] = data.labels[i]
+        else:
+            labels[r] = data.labels[i]
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "token_type_ids": torch.from_numpy(types),
+        "attention_mask": torch.from_numpy(mask),
+        "labels": torch.from_numpy(labels),
+        "domain": torch.from_numpy(data.domain[idx].copy()),
+    }
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the encoder takes (labels and domains stay with us: the loss is per example)."""
+    return {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}

@@ -1,0 +1,8 @@
+"""The one user-facing failure: a one-line message, exit code 2 at the CLI, no traceback."""
+
+
+class DogeError(Exception):
+    """A problem with the user's input (data, config, paths) that they can fix.
+
+    The message is one line and names the file and line, or the config key, at fault.
+    """

@@ -1,0 +1,48 @@
+"""Atomic files and stage markers: a run cut off mid-write is never mistaken for a finished one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+DONE = "DONE"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def is_done(folder: Path) -> bool:
+    return (Path(folder) / DONE).is_file()
+
+
+def mark_done(folder: Path) -> None:
+    """The completion marker, written last."""
+    atomic_write_text(Path(folder) / DONE, "")
+
+
+def clear_done(folder: Path) -> None:
+    (Path(folder) / DONE).unlink(missing_ok=True)

@@ -1,0 +1,378 @@
+"""Physically pruned models: a ticket's heads and FFN blocks removed, not just masked.
+
+`export_pruned` cuts a pruned head's rows out of Q, K and V (weights and biases) and its columns out of
+the attention output projection, so layers keep different head counts; a pruned FFN block loses both
+its linear layers, and the layer then computes what the masked model computes, LayerNorm(attention
+output), with no matmul. The per-layer structure goes into the config:
+
+* ``doge_heads``: the kept head indices (of the original numbering) of every layer;
+* ``doge_ffn``: whether every layer keeps its FFN block;
+* ``doge_base_model_type``: the architecture it came from ("bert", "roberta", ...).
+
+The config's ``model_type`` becomes ``doge-<base>`` (e.g. ``doge-bert``), a type registered with
+`transformers`' Auto classes by `register_auto_classes` (called on ``import dogetickets``), whose
+model classes are the stock ones plus a constructor that builds the pruned shapes from the config; so
+``AutoModelForSequenceClassification.from_pretrained(folder)`` (or ``ForTokenClassification``,
+``AutoModel``) loads the pruned model in any process, on any device.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dogetickets.errors import DogeError
+from dogetickets.models.units import STRUCTURES, Structure, structure_for
+from dogetickets.tickets import Ticket
+
+# base model type -> transformers class names: config, base model, sequence / token classification
+_ARCHS: dict[str, tuple[str, str, str, str]] = {
+    "bert": ("BertConfig", "BertModel", "BertForSequenceClassification", "BertForTokenClassification"),
+    "roberta": (
+        "RobertaConfig",
+        "RobertaModel",
+        "RobertaForSequenceClassification",
+        "RobertaForTokenClassification",
+    ),
+    "xlm-roberta": (
+        "XLMRobertaConfig",
+        "XLMRobertaModel",
+        "XLMRobertaForSequenceClassification",
+        "XLMRobertaForTokenClassification",
+    ),
+    "electra": (
+        "ElectraConfig",
+        "ElectraModel",
+        "ElectraForSequenceClassification",
+        "ElectraForTokenClassification",
+    ),
+    "distilbert": (
+        "DistilBertConfig",
+        "DistilBertModel",
+        "DistilBertForSequenceClassification",
+        "DistilBertForTokenClassification",
+    ),
+}
+_AUTO = ("AutoModel", "AutoModelForSequenceClassification", "AutoModelForTokenClassification")
+PREFIX = "doge-"
+
+# filled by _classes(): base type -> (config class, [model classes]); stock class name -> pruned class
+_CONFIGS: dict[str, type] = {}
+_BY_STOCK_NAME: dict[str, type] = {}
+_BY_NAME: dict[str, type] = {}
+_registered = False
+
+
+# ---- modules standing in for a removed FFN block ----------------------------------------------------
+class SkippedFFNOutput(nn.Module):
+    """In place of a BERT-style FFN output block: LayerNorm(0 + residual), no linear layer.
+
+    Holds the block's LayerNorm under the same name, so the state-dict keys stay those of the stock model.
+    """
+
+    def __init__(self, layer_norm: nn.LayerNorm) -> None:
+        super().__init__()
+        self.LayerNorm = layer_norm
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(input_tensor)
+
+
+class SkippedFFN(nn.Module):
+    """In place of a DistilBERT FFN block (its output is added to the residual): zeros, no parameters."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the stock signature
+        return torch.zeros_like(input)
+
+
+# ---- structure surgery -------------------------------------------------------------------------------
+def _get(module: nn.Module, dotted: str) -> Any:
+    for part in dotted.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _set(module: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent, _, name = dotted.rpartition(".")
+    setattr(_get(module, parent) if parent else module, name, new)
+
+
+def _parent(dotted: str) -> str:
+    return dotted.rpartition(".")[0]
+
+
+def _layers(model: nn.Module, structure: Structure) -> list[nn.Module]:
+    return list(_get(model.base_model, structure.layers))
+
+
+def _sliced_linear(lin: nn.Linear, idx: torch.Tensor, dim: int, copy: bool) -> nn.Linear:
+    """A new Linear keeping `idx` of its outputs (dim 0) or inputs (dim 1)."""
+    w = lin.weight
+    n = len(idx)
+    out_f, in_f = (n, lin.in_features) if dim == 0 else (lin.out_features, n)
+    new = nn.Linear(in_f, out_f, bias=lin.bias is not None, device=w.device, dtype=w.dtype)
+    if copy:
+        with torch.no_grad():
+            new.weight.copy_(w.index_select(dim, idx.to(w.device)))
+            if lin.bias is not None:
+                b = lin.bias.index_select(0, idx.to(w.device)) if dim == 0 else lin.bias
+                new.bias.copy_(b)
+        new.weight.requires_grad_(w.requires_grad)
+        if lin.bias is not None:
+            new.bias.requires_grad_(lin.bias.requires_grad)
+    return new
+
+
+def _prune_heads(layer: nn.Module, s: Structure, keep: list[int], head_dim: int, copy: bool) -> None:
+    idx = torch.tensor([h * head_dim + j for h in keep for j in range(head_dim)], dtype=torch.long)
+    for which in ("query", "key", "value"):
+        path = getattr(s, which)
+        _set(layer, path, _sliced_linear(_get(layer, path), idx, 0, copy))
+    _set(layer, s.attn_out, _sliced_linear(_get(layer, s.attn_out), idx, 1, copy))
+    attn = _get(layer, _parent(s.query))  # the module whose forward splits heads
+    for attr in ("num_attention_heads", "n_heads", "num_heads"):
+        if isinstance(getattr(attn, attr, None), int):
+            setattr(attn, attr, len(keep))
+    if isinstance(getattr(attn, "all_head_size", None), int):
+        attn.all_head_size = len(keep) * head_dim
+
+
+def _remove_ffn(layer: nn.Module, s: Structure) -> None:
+    ffn_in, ffn_out = _parent(s.ffn_in), _parent(s.ffn_out)
+    if ffn_in == ffn_out:  # one module computes the block, its output added to the residual outside
+        _set(layer, ffn_in, SkippedFFN())
+        return
+    out_block = _get(layer, ffn_out)
+    norm = getattr(out_block, "LayerNorm", None)
+    if not isinstance(norm, nn.LayerNorm):
+        raise DogeError(f"cannot remove the FFN block of {type(layer).__name__}: no LayerNorm in its output")
+    _set(layer, ffn_in, nn.Identity())
+    _set(layer, ffn_out, SkippedFFNOutput(norm))
+
+
+def _restructure(model: nn.Module, heads: list[list[int]], ffn: list[bool], copy: bool) -> None:
+    """Shrink `model` in place to the kept `heads` per layer and kept `ffn` blocks."""
+    config = model.config
+    s = structure_for(_base_type(config))
+    num_heads = int(getattr(config, s.heads_attr))
+    layers = _layers(model, s)
+    if len(heads) != len(layers) or len(ffn) != len(layers):
+        raise DogeError(
+            f"pruned structure has {len(heads)} head lists and {len(ffn)} FFN flags for {len(layers)} layers"
+        )
+    for layer, keep, keep_ffn in zip(layers, heads, ffn, strict=True):
+        if list(keep) != list(range(num_heads)):
+            head_dim = _get(layer, s.attn_out).out_features // num_heads
+            _prune_heads(layer, s, list(keep), head_dim, copy)
+        if not keep_ffn:
+            _remove_ffn(layer, s)
+
+
+def encoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The encoder's layer modules of a stock or exported model."""
+    return _layers(model, structure_for(_base_type(model.config)))
+
+
+def _base_type(config: Any) -> str:
+    base = getattr(config, "doge_base_model_type", None) or config.model_type
+    return base[len(PREFIX) :] if base.startswith(PREFIX) else base
+
+
+def is_pruned(model_or_config: Any) -> bool:
+    """Whether a model (or config) is an exported pruned one."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return getattr(config, "doge_heads", None) is not None
+
+
+# ---- classes and Auto registration -------------------------------------------------------------------
+def _classes() -> None:
+    """Build the doge-<base> config and model classes (once)."""
+    if _CONFIGS:
+        return
+    import transformers
+
+    for base, (cfg_name, *model_names) in _ARCHS.items():
+        stock_cfg = getattr(transformers, cfg_name)
+        cfg_cls = type(f"Doge{cfg_name}", (stock_cfg,), {"model_type": PREFIX + base, "__module__": __name__})
+        _CONFIGS[base] = cfg_cls
+        for name in model_names:
+            stock = getattr(transformers, name)
+
+            def __init__(self: Any, config: Any, *args: Any, _stock: type = stock, **kwargs: Any) -> None:
+                _stock.__init__(self, config, *args, **kwargs)
+                if is_pruned(config):
+                    _restructure(self, config.doge_heads, config.doge_ffn, copy=False)
+
+            cls = type(
+                f"Doge{name}",
+                (stock,),
+                {"__init__": __init__, "config_class": cfg_cls, "__module__": __name__},
+            )
+            _BY_STOCK_NAME[name] = cls
+            _BY_NAME[cls.__name__] = cls
+            globals()[cls.__name__] = cls
+        globals()[cfg_cls.__name__] = cfg_cls
+
+
+def register_auto_classes() -> None:
+    """Register the doge-<base> configs and models with transformers' Auto classes (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    import transformers
+
+    _classes()
+    for base, cfg_cls in _CONFIGS.items():
+        transformers.AutoConfig.register(PREFIX + base, cfg_cls, exist_ok=True)
+        for auto_name, model_name in zip(_AUTO, _ARCHS[base][1:], strict=True):
+            getattr(transformers, auto_name).register(cfg_cls, _BY_STOCK_NAME[model_name], exist_ok=True)
+    _registered = True
+
+
+# ---- public API ---------------------------------------------------------------------------------------
+def check_ticket(ticket: Ticket, num_layers: int, num_heads: int, where: str = "ticket") -> None:
+    """A one-line DogeError if `ticket` names a layer or head a model of this shape does not have."""
+    for layer, heads in ticket.pruned_heads.items():
+        try:
+            li = int(layer)
+        except ValueError:
+            raise DogeError(f"{where}: pruned_heads key '{layer}' is not a layer index") from None
+        if not 0 <= li < num_layers:
+            raise DogeError(f"{where}: prunes heads of layer {li}, but the model has {num_layers} layers")
+        for h in heads:
+            if not isinstance(h, int) or not 0 <= h < num_heads:
+                raise DogeError(
+                    f"{where}: prunes head {h} of layer {li}, but the model has {num_heads} heads per layer"
+                )
+        if len(set(heads)) >= num_heads:
+            raise DogeError(f"{where}: prunes every head of layer {li} (at least one must stay)")
+    for li in ticket.pruned_ffn:
+        if not isinstance(li, int) or not 0 <= li < num_layers:
+            raise DogeError(f"{where}: prunes the FFN block of layer {li}, but the model has {num_layers} layers")
+    if (ticket.num_layers, ticket.num_heads) != (num_layers, num_heads):
+        raise DogeError(
+            f"{where}: made for {ticket.num_layers} layers x {ticket.num_heads} heads, "
+            f"the model has {num_layers} x {num_heads}"
+        )
+
+
+def export_pruned(model: nn.Module, ticket: Ticket, where: str = "ticket") -> nn.Module:
+    """Remove the ticket's heads and FFN blocks from `model` in place; returns the same object.
+
+    The result computes what the masked model computes (gates 0 on pruned units, their weights zeroed)
+    and has exactly ``ticket.pruned_params`` fewer parameters when the ticket was made for this model.
+    """
+    if is_pruned(model):
+        raise DogeError(f"{where}: the model is already pruned (exported); export from the unpruned model")
+    config = model.config
+    base = _base_type(config)
+    if base not in STRUCTURES or base not in _ARCHS:
+        known = ", ".join(sorted(_ARCHS))
+        raise DogeError(f"cannot export a '{base}' model (supported: {known})")
+    _classes()
+    cls_name = type(model).__name__
+    if cls_name not in _BY_STOCK_NAME:
+        raise DogeError(f"cannot export a {cls_name}: only the base encoder and sequence/token classification models")
+    s = structure_for(base)
+    num_heads = int(getattr(config, s.heads_attr))
+    num_layers = len(_layers(model, s))
+    check_ticket(ticket, num_layers, num_heads, where)
+
+    pruned = {int(k): set(v) for k, v in ticket.pruned_heads.items()}
+    heads = [[h for h in range(num_heads) if h not in pruned.get(i, set())] for i in range(num_layers)]
+    ffn = [i not in set(ticket.pruned_ffn) for i in range(num_layers)]
+    _restructure(model, heads, ffn, copy=True)
+
+    # a config of its own (the caller's may be shared with other models), of class doge-<base>
+    old, config = config, copy.deepcopy(config)
+    config.__class__ = _CONFIGS[base]
+    for module in model.modules():
+        if module.__dict__.get("config") is old:
+            module.config = config
+    config.doge_base_model_type = base
+    config.doge_heads = heads
+    config.doge_ffn = ffn
+    config.doge_ticket = {
+        k: v for k, v in asdict(ticket).items() if k in ("method", "target_sparsity", "sparsity", "lam", "seed")
+    } | {"pruned_params": ticket.pruned_params, "encoder_params": ticket.encoder_params}
+    model.__class__ = _BY_STOCK_NAME[cls_name]
+    return model
+
+
+def _stock_class(config: Any) -> type:
+    import transformers
+
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    if arch in _BY_NAME:
+        return _BY_NAME[arch]
+    if arch is not None and hasattr(transformers, arch):
+        return getattr(transformers, arch)
+    return transformers.AutoModel
+
+
+def load_pruned(path: str | Path, device: str | torch.device | None = None) -> nn.Module:
+    """An exported model (or any saved model) by the class named in its config, in eval mode."""
+    from transformers import AutoConfig
+
+    from dogetickets.models.resolve import quiet_transformers
+
+    register_auto_classes()
+    quiet_transformers()
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise DogeError(f"{path}: no saved model here (config.json missing)")
+    config = AutoConfig.from_pretrained(path)
+    model = _stock_class(config).from_pretrained(path)
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def _find_inputs(src: Path, model_dir: Path | None) -> tuple[Path, Path]:
+    if src.is_dir():
+        ticket_path, folder = src / "ticket.json", src
+    elif src.is_file():
+        ticket_path, folder = src, src.parent
+    else:
+        raise DogeError(f"{src}: no such run folder or ticket file")
+    if not ticket_path.is_file():
+        raise DogeError(f"{src}: no ticket.json here (give a rewind run folder or a ticket file)")
+    model_dir = Path(model_dir) if model_dir is not None else folder / "model"
+    if not (model_dir / "config.json").is_file():
+        raise DogeError(f"{model_dir}: no saved model here (config.json missing)")
+    return ticket_path, model_dir
+
+
+def export_run(src: str | Path, out: str | Path, model_dir: str | Path | None = None) -> Path:
+    """Export a rewind run (folder with model/ and ticket.json, or its ticket file) to `out`.
+
+    Writes the pruned model (safetensors), its tokenizer when the source has one, and the ticket.
+    """
+    from transformers import AutoTokenizer
+
+    from dogetickets.models.resolve import quiet_transformers
+
+    quiet_transformers()
+    ticket_path, model_dir = _find_inputs(Path(src), Path(model_dir) if model_dir is not None else None)
+    out = Path(out)
+    if out.resolve() == model_dir.resolve():
+        raise DogeError(f"{out}: the output folder is the source model's folder; choose another")
+    ticket = Ticket.load(ticket_path)
+    model = load_pruned(model_dir)
+    export_pruned(model, ticket, where=str(ticket_path))
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError, TypeError):
+        tokenizer = None
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    shutil.copyfile(ticket_path, out / "ticket.json")
+    return out

@@ -1,0 +1,218 @@
+"""Load the finished runs of a run directory into one tidy table (one row per run).
+
+Layout read (only folders holding a ``DONE`` marker count)::
+
+    <out>/seed<k>/erm/            baseline fine-tuning
+    <out>/seed<k>/irm/            baseline IRM (optional)
+    <out>/seed<k>/rewind/<name>/  random / winning / doge tickets
+    <out>/seed<k>/scores/scores.json
+
+Column conventions of the table: every column holding a test-set number starts with ``test`` (``test_mean``,
+``test_worst``, ``test:<domain>``), so the selection code can drop them all by prefix; dev numbers are
+``dev_score`` and ``dev:<domain>``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dogetickets.errors import DogeError
+from dogetickets.io import is_done, read_json
+
+BASELINES = ("erm", "irm")
+TICKET_METHODS = ("random", "winning", "doge")
+METHOD_ORDER = ("erm", "irm", "random", "winning", "doge")
+METRIC_LABELS = {"accuracy": "Acc", "entity_f1": "F1"}
+
+ID_COLUMNS = [
+    "dataset",
+    "seed",
+    "method",
+    "name",
+    "objective",
+    "target_sparsity",
+    "sparsity",
+    "lambda",
+    "metric",
+    "dev_score",
+    "test_mean",
+    "test_worst",
+    "path",
+]
+
+_SEED_RE = re.compile(r"^seed(\d+)$")
+
+
+def is_test_column(column: str) -> bool:
+    """True for every column that carries a test-set number (the selection never looks at these)."""
+    return column.startswith("test")
+
+
+def dataset_names(run_dirs: list[Path]) -> list[str]:
+    """The column name of each run directory: its folder name (parent/name when two share a name)."""
+    paths = [Path(d).resolve() for d in run_dirs]
+    names = [p.name for p in paths]
+    out = []
+    for p, n in zip(paths, names, strict=True):
+        out.append(f"{p.parent.name}/{n}" if names.count(n) > 1 else n)
+    if len(set(out)) != len(out):
+        raise DogeError(f"two run directories have the same name: {', '.join(str(p) for p in paths)}")
+    return out
+
+
+def seed_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """The ``seed<k>`` folders of a run directory, by seed."""
+    found = []
+    for child in Path(run_dir).iterdir() if Path(run_dir).is_dir() else []:
+        m = _SEED_RE.match(child.name)
+        if m and child.is_dir():
+            found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def finished_run_dirs(run_dir: Path) -> Iterator[tuple[int, Path]]:
+    """(seed, folder) of every finished run (baselines and rewound tickets)."""
+    for seed, sdir in seed_dirs(run_dir):
+        for base in BASELINES:
+            if is_done(sdir / base) and (sdir / base / "metrics.json").is_file():
+                yield seed, sdir / base
+        rewind = sdir / "rewind"
+        if rewind.is_dir():
+            for child in sorted(rewind.iterdir()):
+                if child.is_dir() and is_done(child) and (child / "metrics.json").is_file():
+                    yield seed, child
+
+
+def _float(x: Any) -> float:
+    if x is None:
+        return math.nan
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _row(dataset: str, seed: int, folder: Path) -> dict[str, Any]:
+    path = folder / "metrics.json"
+    try:
+        m = read_json(path)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DogeError(f"{path}: unreadable metrics ({exc})") from exc
+    if not isinstance(m, dict) or not isinstance(m.get("run"), dict) or not isinstance(m.get("dev"), dict):
+        raise DogeError(f"{path}: expected keys 'run' and 'dev'")
+    run = m["run"]
+    method = str(run.get("method") or (folder.name if folder.name in BASELINES else ""))
+    if not method:
+        raise DogeError(f"{path}: run.method is missing")
+    row: dict[str, Any] = {
+        "dataset": dataset,
+        "seed": int(run["seed"]) if run.get("seed") is not None else seed,
+        "method": method,
+        "name": str(run.get("name") or folder.name),
+        "objective": str(run.get("objective") or "erm"),
+        "target_sparsity": _float(run.get("target_sparsity", 0.0)),
+        "sparsity": _float(run.get("sparsity", 0.0)),
+        "lambda": _float(run.get("lambda")),
+        "metric": str(m.get("metric", "accuracy")),
+        "dev_score": _float(m["dev"].get("score")),
+        "test_mean": math.nan,
+        "test_worst": math.nan,
+        "path": str(folder),
+    }
+    if math.isnan(row["target_sparsity"]):
+        row["target_sparsity"] = 0.0
+    if math.isnan(row["sparsity"]):
+        row["sparsity"] = row["target_sparsity"]
+    for dom, v in (m["dev"].get("per_domain") or {}).items():
+        row[f"dev:{dom}"] = _float(v)
+    test = m.get("test")
+    if isinstance(test, dict):
+        per = {str(d): _float(v) for d, v in (test.get("per_domain") or {}).items()}
+        vals = [v for v in per.values() if not math.isnan(v)]
+        row["test_mean"] = (
+            _float(test.get("mean"))
+            if test.get("mean") is not None
+            else (sum(vals) / len(vals) if vals else math.nan)
+        )
+        row["test_worst"] = (
+            _float(test.get("worst")) if test.get("worst") is not None else (min(vals) if vals else math.nan)
+        )
+        for dom, v in per.items():
+            row[f"test:{dom}"] = v
+    return row
+
+
+def load_runs(run_dir: Path, dataset: str | None = None) -> pd.DataFrame:
+    """One row per finished run of `run_dir`; a DogeError when there is none.
+
+    Columns: dataset, seed, method, name, objective, target_sparsity, sparsity, lambda, metric, dev_score,
+    test_mean, test_worst, path, then ``dev:<domain>`` and ``test:<domain>`` (NaN where a run has no test).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DogeError(f"{run_dir}: no such run directory")
+    dataset = dataset or dataset_names([run_dir])[0]
+    rows = [_row(dataset, seed, folder) for seed, folder in finished_run_dirs(run_dir)]
+    if not rows:
+        raise DogeError(f"{run_dir}: no finished runs (no seed*/erm, seed*/irm or seed*/rewind/* with DONE)")
+    df = pd.DataFrame(rows)
+    extra = sorted(c for c in df.columns if c not in ID_COLUMNS)
+    df = df[
+        ID_COLUMNS + [c for c in extra if c.startswith("dev:")] + [c for c in extra if c.startswith("test:")]
+    ]
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    df = df.assign(_o=df["method"].map(lambda m: order.get(m, len(order))))
+    df = df.sort_values(["_o", "seed", "target_sparsity", "lambda", "name"], na_position="first")
+    return df.drop(columns="_o").reset_index(drop=True)
+
+
+def load_all(run_dirs: list[Path]) -> pd.DataFrame:
+    """The runs of several run directories (each a dataset), stacked."""
+    if not run_dirs:
+        raise DogeError("no run directory given")
+    names = dataset_names(run_dirs)
+    frames = [load_runs(Path(d), n) for d, n in zip(run_dirs, names, strict=True)]
+    return pd.concat(frames, ignore_index=True, sort=False)
+
+
+def load_predictions(run_path: Path, split: str = "test") -> dict[str, dict[int, tuple[Any, Any]]]:
+    """{domain: {index: (gold, pred)}} of one split of one run's predictions.jsonl (empty if absent)."""
+    path = Path(run_path) / "predictions.jsonl"
+    out: dict[str, dict[int, tuple[Any, Any]]] = {}
+    if not path.is_file():
+        return out
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if rec["split"] != split:
+                    continue
+                out.setdefault(str(rec["domain"]), {})[int(rec["index"])] = (rec["gold"], rec["pred"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise DogeError(f"{path}:{lineno}: bad prediction line ({exc})") from exc
+    return out
+
+
+def load_scores(run_dir: Path) -> tuple[int, dict[str, Any]] | None:
+    """(seed, scores.json) of the first seed that has one, or None."""
+    for seed, sdir in seed_dirs(Path(run_dir)):
+        path = sdir / "scores" / "scores.json"
+        if path.is_file():
+            try:
+                return seed, read_json(path)
+            except (OSError, json.JSONDecodeError) as exc:
+                raise DogeError(f"{path}: unreadable scores ({exc})") from exc
+    return None
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)

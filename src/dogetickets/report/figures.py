@@ -1,0 +1,303 @@
+"""Figures (matplotlib, Agg, PNG at 150 dpi), each written next to the CSV it is drawn from (same stem).
+
+* transitions.png (paper Fig. 5): OOD test mean vs target sparsity for doge, winning and random tickets,
+  mean over seeds with a ±std band; ERM (and IRM) as horizontal lines. For doge, each (seed, sparsity)
+  uses the lambda chosen on dev at that sparsity (the chosen lambdas are listed in the CSV).
+  One panel per dataset.
+* lambda.png (paper Fig. 3): doge test mean vs lambda, one line per target sparsity (mean ± std over
+  seeds). Not written when no dataset has more than one lambda.
+* scores.png (paper Fig. 4): one pie per head / FFN block (rows = layers, columns = heads then FFN);
+  radius ∝ the mean normalized expressive score over training domains, slices = each domain's share.
+  scores_classes.csv classifies every unit as HMHV/HMLV/LMHV/LMLV (high = above the median over units
+  of the mean, resp. of the variance across domains).
+* pilot.png (paper Fig. 1/6): activation frequency of FFN neurons at [CLS], one panel per layer, grouped
+  bars per domain.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from dogetickets.errors import DogeError  # noqa: E402
+from dogetickets.io import atomic_write_text  # noqa: E402
+from dogetickets.report.select import select_dev  # noqa: E402
+
+DPI = 150
+COLORS = {"doge": "tab:red", "winning": "tab:blue", "random": "tab:green", "erm": "black", "irm": "tab:gray"}
+CLASSES = ("HMHV", "HMLV", "LMHV", "LMLV")
+
+
+def _save(fig: Any, png: Path, table: pd.DataFrame) -> Path:
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(png.with_suffix(".csv"), table.to_csv(index=False))
+    tmp = png.with_name(f".{png.stem}.tmp.png")
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(png)
+    return png
+
+
+def _agg(values: pd.Series) -> tuple[float, float]:
+    v = values.dropna().to_numpy(float)
+    if len(v) == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def transitions_data(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, method, target_sparsity): test mean ± std over seeds (doge: dev-chosen λ)."""
+    rows: list[dict[str, Any]] = []
+    tested = runs[runs["test_mean"].notna()]
+    for dataset, g in tested.groupby("dataset", sort=False):
+        for method in ("erm", "irm", "random", "winning", "doge"):
+            m = g[g["method"] == method]
+            if m.empty:
+                continue
+            if method == "doge":
+                # The lambda chosen on dev, per (seed, sparsity); then the test numbers of those runs.
+                chosen = select_dev(m, keys=("seed", "target_sparsity"))
+                m = m[m["path"].isin(set(chosen["path"]))]
+            for ts, h in m.groupby("target_sparsity", sort=True):
+                mean, std = _agg(h["test_mean"])
+                lams = sorted({f"{x:g}" for x in h["lambda"].dropna()})
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "method": method,
+                        "target_sparsity": float(ts),
+                        "sparsity_mean": float(h["sparsity"].mean()),
+                        "n_seeds": int(h["seed"].nunique()),
+                        "test_mean": mean,
+                        "test_std": std,
+                        "lambdas": " ".join(lams),
+                    }
+                )
+    cols = [
+        "dataset",
+        "method",
+        "target_sparsity",
+        "sparsity_mean",
+        "n_seeds",
+        "test_mean",
+        "test_std",
+        "lambdas",
+    ]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def plot_transitions(runs: pd.DataFrame, out: Path) -> Path | None:
+    """transitions.png + transitions.csv; None when no run has test numbers."""
+    data = transitions_data(runs)
+    if data.empty:
+        return None
+    datasets = list(dict.fromkeys(data["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    for ax, ds in zip(axes[0], datasets, strict=True):
+        d = data[data["dataset"] == ds]
+        for method in ("random", "winning", "doge"):
+            m = d[d["method"] == method].sort_values("target_sparsity")
+            if m.empty:
+                continue
+            x = 100 * m["target_sparsity"].to_numpy()
+            y = 100 * m["test_mean"].to_numpy()
+            s = 100 * m["test_std"].fillna(0).to_numpy()
+            label = f"{method} tickets" + (" (dev-chosen λ)" if method == "doge" else "")
+            ax.plot(x, y, marker="o", color=COLORS[method], label=label)
+            ax.fill_between(x, y - s, y + s, color=COLORS[method], alpha=0.2, linewidth=0)
+        for base, style in (("erm", "--"), ("irm", ":")):
+            b = d[d["method"] == base]
+            if not b.empty:
+                y, s = 100 * b["test_mean"].iloc[0], 100 * b["test_std"].fillna(0).iloc[0]
+                ax.axhline(y, color=COLORS[base], linestyle=style, label=base.upper())
+                if s > 0:
+                    ax.axhspan(y - s, y + s, color=COLORS[base], alpha=0.08, linewidth=0)
+        metric = str(runs.loc[runs["dataset"] == ds, "metric"].iloc[0])
+        ax.set_xlabel("sparsity (%)")
+        ax.set_ylabel(f"OOD test mean {'F1' if metric == 'entity_f1' else 'accuracy'} (%)")
+        ax.set_title(str(ds))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Transitions with varying sparsity (mean ± std over seeds)")
+    return _save(fig, Path(out) / "transitions.png", data)
+
+
+def lambda_data(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, target_sparsity, lambda) of the doge runs: test mean ± std over seeds."""
+    doge = runs[(runs["method"] == "doge") & runs["test_mean"].notna() & runs["lambda"].notna()]
+    rows = []
+    for (ds, ts, lam), g in doge.groupby(["dataset", "target_sparsity", "lambda"], sort=True):
+        mean, std = _agg(g["test_mean"])
+        rows.append(
+            {
+                "dataset": ds,
+                "target_sparsity": float(ts),
+                "lambda": float(lam),
+                "n_seeds": int(g["seed"].nunique()),
+                "test_mean": mean,
+                "test_std": std,
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["dataset", "target_sparsity", "lambda", "n_seeds", "test_mean", "test_std"]
+    )
+
+
+def plot_lambda(runs: pd.DataFrame, out: Path) -> Path | None:
+    """lambda.png + lambda.csv for the datasets with more than one lambda; None (no file) if there is none."""
+    data = lambda_data(runs)
+    keep = [ds for ds, g in data.groupby("dataset", sort=False) if g["lambda"].nunique() > 1]
+    if not keep:
+        return None
+    data = data[data["dataset"].isin(keep)].reset_index(drop=True)
+    fig, axes = plt.subplots(1, len(keep), figsize=(5.5 * len(keep), 4), squeeze=False)
+    for ax, ds in zip(axes[0], keep, strict=True):
+        d = data[data["dataset"] == ds]
+        lams = sorted(d["lambda"].unique())
+        pos = {lam: i for i, lam in enumerate(lams)}  # evenly spaced: lambda = 0 has no log position
+        for ts, g in d.groupby("target_sparsity", sort=True):
+            g = g.sort_values("lambda")
+            x = np.array([pos[v] for v in g["lambda"]])
+            y, s = 100 * g["test_mean"].to_numpy(), 100 * g["test_std"].fillna(0).to_numpy()
+            ax.errorbar(x, y, yerr=s, marker="o", capsize=3, label=f"sparsity {100 * ts:.0f}%")
+        ax.set_xticks(range(len(lams)), [f"{v:g}" for v in lams])
+        ax.set_xlabel("λ (variance coefficient)")
+        ax.set_ylabel("OOD test mean (%)")
+        ax.set_title(f"doge tickets, {ds}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, Path(out) / "lambda.png", data)
+
+
+def unit_scores(scores: dict[str, Any]) -> pd.DataFrame:
+    """One row per unit (every head, then the FFN block, per layer) with each domain's normalized score."""
+    try:
+        domains = list(scores["domains"])
+        L, H = int(scores["num_layers"]), int(scores["num_heads"])
+        per = scores["per_domain"]
+        heads = {d: np.asarray(per[d]["heads"], dtype=float).reshape(L, H) for d in domains}
+        ffn = {d: np.asarray(per[d]["ffn"], dtype=float).reshape(L) for d in domains}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DogeError(
+            f"scores.json: expected domains, num_layers, num_heads, per_domain heads/ffn ({exc})"
+        ) from exc
+    if not domains:
+        raise DogeError("scores.json: no domains")
+    rows = []
+    for layer in range(L):
+        for h in range(H + 1):
+            vals = [heads[d][layer, h] if h < H else ffn[d][layer] for d in domains]
+            rows.append(
+                {
+                    "layer": layer,
+                    "unit": f"head{h}" if h < H else "ffn",
+                    "kind": "head" if h < H else "ffn",
+                    "index": h if h < H else 0,
+                    **{f"score:{d}": v for d, v in zip(domains, vals, strict=True)},
+                    "mean": float(np.mean(vals)),
+                    "variance": float(np.var(vals)),  # over domains, as the domain-general score's V
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def classify_units(units: pd.DataFrame) -> pd.DataFrame:
+    """Add `class`: HM/LM = mean above / not above the median over units; HV/LV likewise for variance."""
+    hm = units["mean"] > units["mean"].median()
+    hv = units["variance"] > units["variance"].median()
+    cls = np.where(hm, "HM", "LM").astype(object) + np.where(hv, "HV", "LV").astype(object)
+    return units.assign(**{"class": cls})
+
+
+def plot_scores(scores: dict[str, Any], out: Path) -> tuple[Path, dict[str, int]]:
+    """scores.png (+ scores.csv) and scores_classes.csv; returns the png and the class counts."""
+    units = classify_units(unit_scores(scores))
+    domains = list(scores["domains"])
+    L, H = int(scores["num_layers"]), int(scores["num_heads"])
+    counts = {c: int((units["class"] == c).sum()) for c in CLASSES}
+    cmap = plt.get_cmap("tab10" if len(domains) <= 10 else "tab20")
+    colors = [cmap(i % cmap.N) for i in range(len(domains))]
+    vmax = float(units["mean"].max())
+    fig, ax = plt.subplots(figsize=(0.6 * (H + 1) + 2.5, 0.6 * L + 1.2))
+    for rec in units.to_dict("records"):
+        x, y = int(rec["index"]) if rec["kind"] == "head" else H, L - 1 - int(rec["layer"])
+        vals = np.clip(np.array([rec[f"score:{d}"] for d in domains], dtype=float), 0, None)
+        r = 0.45 * (rec["mean"] / vmax) if vmax > 0 else 0.0
+        if r <= 0 or vals.sum() <= 0:
+            ax.plot(x, y, marker=".", color="lightgray", markersize=2)
+            continue
+        ax.pie(
+            vals,
+            colors=colors,
+            center=(x, y),
+            radius=max(r, 0.02),
+            frame=True,
+            wedgeprops={"linewidth": 0.3, "edgecolor": "white"},
+        )
+    ax.set_xlim(-0.6, H + 0.6)
+    ax.set_ylim(-0.6, L - 0.4)
+    ax.set_aspect("equal")
+    ax.axvline(H - 0.5, color="lightgray", linewidth=0.8)
+    ax.set_xticks(range(H + 1), [str(h) for h in range(H)] + ["FFN"], fontsize=7)
+    ax.set_yticks(range(L), [str(L - 1 - i) for i in range(L)], fontsize=7)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    handles = [Patch(color=c, label=d) for c, d in zip(colors, domains, strict=True)]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, title="domain")
+    ax.set_title("Expressive scores across domains\n(radius ∝ mean, slices = domain shares)", fontsize=9)
+    out = Path(out)
+    png = _save(fig, out / "scores.png", units.drop(columns="class"))
+    atomic_write_text(out / "scores_classes.csv", units.to_csv(index=False))
+    return png, counts
+
+
+def plot_pilot(counts: dict[str, np.ndarray], out: Path) -> Path:
+    """Pilot-study bars: counts[domain] is (layers, neurons) activation frequencies in [0, 1] of the first
+    FFN neurons at [CLS]. One panel per layer, grouped bars per domain. `out` is the .png path or a folder
+    (then pilot.png); pilot.csv (layer, neuron, domain, frequency) is written next to it."""
+    if not counts:
+        raise DogeError("plot_pilot: no domains")
+    arrays = {d: np.asarray(v, dtype=float) for d, v in counts.items()}
+    shapes = {a.shape for a in arrays.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise DogeError(
+            f"plot_pilot: every domain needs the same (layers, neurons) array, got {sorted(shapes)}"
+        )
+    L, N = next(iter(shapes))
+    out = Path(out)
+    png = out if out.suffix == ".png" else out / "pilot.png"
+    domains = list(arrays)
+    rows = [
+        {"layer": layer, "neuron": n, "domain": d, "frequency": float(arrays[d][layer, n])}
+        for layer in range(L)
+        for n in range(N)
+        for d in domains
+    ]
+    fig, axes = plt.subplots(L, 1, figsize=(max(8, 0.3 * N), 1.6 * L + 0.6), squeeze=False, sharex=True)
+    width = 0.8 / len(domains)
+    x = np.arange(N)
+    for layer in range(L):
+        ax = axes[layer, 0]
+        for k, d in enumerate(domains):
+            ax.bar(x + (k - (len(domains) - 1) / 2) * width, arrays[d][layer], width=width, label=d)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(f"layer {layer}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    axes[-1, 0].set_xlabel("FFN neuron ([CLS])")
+    axes[-1, 0].set_xticks(x, [str(i) for i in range(N)], fontsize=6)
+    fig.suptitle("Activation frequency per domain")
+    fig.tight_layout()
+    fig.legend(handles, labels, fontsize=7, ncol=len(domains), loc="upper right")
+    return _save(fig, png, pd.DataFrame(rows, columns=["layer", "neuron", "domain", "frequency"]))

@@ -1,0 +1,111 @@
+"""The run's results table: rows ERM, IRM, then method x sparsity; columns each test domain, mean, worst.
+
+Every number is read from the runs' metrics.json files (mean over seeds when there are several);
+the table is printed and written as results.json and results.md. The fuller, publishable report
+(dev-based selection, bootstrap, figures) is `doge report`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from dogetickets.errors import DogeError
+from dogetickets.io import atomic_write_text, is_done, read_json, write_json
+
+METHOD_ORDER = {"erm": 0, "irm": 1, "random": 2, "winning": 3, "doge": 4}
+METRIC_NAMES = {"accuracy": "accuracy", "entity_f1": "entity F1"}
+
+
+def finished_runs(out: Path) -> list[dict[str, Any]]:
+    runs = []
+    for path in sorted(Path(out).glob("seed*/**/metrics.json")):
+        if is_done(path.parent):
+            runs.append(read_json(path))
+    return runs
+
+
+def collect_results(out: Path, notes: list[str] | None = None) -> dict[str, Any]:
+    runs = finished_runs(out)
+    if not runs:
+        raise DogeError(f"{out}: no finished runs")
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        info = r["run"]
+        key = (info["method"], info["objective"], info["target_sparsity"], info.get("lambda"))
+        groups.setdefault(key, []).append(r)
+    domains = list(runs[0]["test"]["per_domain"])
+    rows = []
+    for key in sorted(groups, key=lambda k: (METHOD_ORDER.get(k[0], 9), k[2], k[3] or 0.0, k[1])):
+        rs = groups[key]
+        method, objective, target, lam = key
+
+        def avg(values: list[float]) -> float:
+            return float(np.mean(values))
+
+        label = method.upper() if method in ("erm", "irm") else f"{method} {target:.0%}"
+        if method == "doge" and lam is not None:
+            label += f" (λ={lam:g})"
+        if objective != "erm" and method not in ("erm", "irm"):
+            label += f" + {objective.upper()}"
+        rows.append({
+            "row": label,
+            "method": method,
+            "objective": objective,
+            "target_sparsity": target,
+            "lambda": lam,
+            "sparsity": avg([r["run"]["sparsity"] for r in rs]),
+            "seeds": sorted(r["run"]["seed"] for r in rs),
+            "dev": avg([r["dev"]["score"] for r in rs]),
+            "test": {d: avg([r["test"]["per_domain"][d] for r in rs]) for d in domains},
+            "mean": avg([r["test"]["mean"] for r in rs]),
+            "worst": avg([r["test"]["worst"] for r in rs]),
+        })
+    return {"metric": runs[0]["metric"], "test_domains": domains, "rows": rows, "notes": notes or []}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    doms = results["test_domains"]
+    metric = METRIC_NAMES.get(results["metric"], results["metric"])
+    head = ["", "sparsity", *doms, "mean", "worst", "dev (in-domain)"]
+    lines = [
+        f"Test {metric} (%) on each unseen domain; mean over seeds where several.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in results["rows"]:
+        cells = [r["row"], f"{r['sparsity']:.1%}", *(f"{100 * r['test'][d]:.1f}" for d in doms),
+                 f"{100 * r['mean']:.1f}", f"{100 * r['worst']:.1f}", f"{100 * r['dev']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if results["notes"]:
+        lines += ["", *(f"Note: {n}" for n in results["notes"])]
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(results: dict[str, Any]) -> Table:
+    doms = results["test_domains"]
+    metric = METRIC_NAMES.get(results["metric"], results["metric"])
+    table = Table(title=f"test {metric} (%) by unseen domain", caption="\n".join(results["notes"]) or None)
+    for col in ["", "sparsity", *doms, "mean", "worst", "dev"]:
+        table.add_column(col, justify="left" if not col else "right")
+    for r in results["rows"]:
+        table.add_row(r["row"], f"{r['sparsity']:.1%}", *(f"{100 * r['test'][d]:.1f}" for d in doms),
+                      f"{100 * r['mean']:.1f}", f"{100 * r['worst']:.1f}", f"{100 * r['dev']:.1f}")
+    return table
+
+
+def write_results(out: Path, results: dict[str, Any]) -> None:
+    write_json(Path(out) / "results.json", results)
+    atomic_write_text(Path(out) / "results.md", markdown(results))
+
+
+def print_results(results: dict[str, Any]) -> None:
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(rich_table(results))

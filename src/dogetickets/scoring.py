@@ -1,0 +1,169 @@
+"""Expressive scores per domain (exact per example) and the domain-general score.
+
+For a unit u and domain d: E_d[u] = mean over d's examples of |dL_i/dgate_u|, L_i being example i's
+own loss. Gates are per example and the loss is summed over the batch, so one backward pass gives
+every example's own gate gradient exactly (gate_i only touches example i). Model weights need no
+gradient here.
+
+Head scores are l2-normalized within each layer (the paper); FFN scores across layers (the
+released code). Domain-general score = mean over domains - lambda * population variance over
+domains; the winning-ticket score is the expressive score of all training data pooled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from dogetickets.data.batching import batch_indices, collate, model_inputs
+from dogetickets.data.tasks import Encoded, Task
+from dogetickets.models.units import Units
+from dogetickets.progress import progress_bar
+
+
+@dataclass
+class DomainScores:
+    """Raw sums of |gradient| per domain, so domains and pooled data can be combined exactly."""
+
+    domains: list[str]
+    head_sum: np.ndarray  # (D, L, H)
+    ffn_sum: np.ndarray  # (D, L)
+    count: np.ndarray  # (D,)
+
+    def expressive(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-domain means, (D, L, H) and (D, L)."""
+        c = self.count.astype(np.float64)
+        return self.head_sum / c[:, None, None], self.ffn_sum / c[:, None]
+
+    def pooled(self) -> tuple[np.ndarray, np.ndarray]:
+        """Expressive scores over all training data pooled, (L, H) and (L,)."""
+        n = float(self.count.sum())
+        return self.head_sum.sum(0) / n, self.ffn_sum.sum(0) / n
+
+
+def per_example_gate_grads(
+    model: nn.Module, units: Units, task: Task, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL_i/dgate for each example i of the batch: (B, L, H) and (B, L)."""
+    B = batch["input_ids"].shape[0]
+    device = batch["input_ids"].device
+    heads = torch.ones(B, units.num_layers, units.num_heads, device=device, requires_grad=True)
+    ffn = torch.ones(B, units.num_layers, device=device, requires_grad=True)
+    with units.gated(heads, ffn):
+        logits = model(**model_inputs(batch)).logits
+        loss = task.per_example_loss(logits, batch["labels"]).sum()
+    gh, gf = torch.autograd.grad(loss, (heads, ffn))
+    return gh, gf
+
+
+def expressive_scores(
+    model: nn.Module,
+    units: Units,
+    task: Task,
+    data: Encoded,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device | str = "cpu",
+    show_progress: bool = True,
+) -> DomainScores:
+    """Accumulate |dL_i/dgate| per domain over `data` (eval mode: no dropout)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    D, L, H = len(data.domain_names), units.num_layers, units.num_heads
+    head_sum = torch.zeros(D, L, H, dtype=torch.float64)
+    ffn_sum = torch.zeros(D, L, dtype=torch.float64)
+    count = torch.zeros(D, dtype=torch.long)
+    batches = batch_indices(data.lengths, batch_size, shuffle=False)
+    try:
+        with progress_bar("scoring", total=len(data), enabled=show_progress) as advance:
+            for idx in batches:
+                batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
+                gh, gf = per_example_gate_grads(model, units, task, batch)
+                dom = batch["domain"].cpu()
+                head_sum.index_add_(0, dom, gh.abs().double().cpu())
+                ffn_sum.index_add_(0, dom, gf.abs().double().cpu())
+                count += torch.bincount(dom, minlength=D)
+                advance(len(idx))
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return DomainScores(list(data.domain_names), head_sum.numpy(), ffn_sum.numpy(), count.numpy())
+
+
+def normalize(head: np.ndarray, ffn: np.ndarray, heads: bool = True, ffns: bool = True) -> tuple:
+    """l2-normalize head scores within each layer (last axis) and FFN scores across layers."""
+    head = np.asarray(head, dtype=np.float64)
+    ffn = np.asarray(ffn, dtype=np.float64)
+    if heads:
+        head = head / np.maximum(np.linalg.norm(head, axis=-1, keepdims=True), 1e-20)
+    if ffns:
+        ffn = ffn / np.maximum(np.linalg.norm(ffn, axis=-1, keepdims=True), 1e-20)
+    return head, ffn
+
+
+def domain_general(values: np.ndarray, lam: float) -> np.ndarray:
+    """mean over domains (axis 0) - lam * population variance over domains."""
+    values = np.asarray(values, dtype=np.float64)
+    return values.mean(0) - lam * values.var(0)
+
+
+@dataclass
+class UnitScores:
+    """Everything selection and the figures need, JSON-ready."""
+
+    domains: list[str]
+    per_domain_heads: np.ndarray  # (D, L, H), normalized
+    per_domain_ffn: np.ndarray  # (D, L), normalized
+    pooled_heads: np.ndarray  # (L, H), normalized
+    pooled_ffn: np.ndarray  # (L,), normalized
+    counts: np.ndarray
+
+    @classmethod
+    def from_domain_scores(cls, s: DomainScores, norm_heads: bool = True, norm_ffn: bool = True) -> UnitScores:
+        h, f = s.expressive()
+        h, f = normalize(h, f, norm_heads, norm_ffn)
+        ph, pf = normalize(*s.pooled(), norm_heads, norm_ffn)
+        return cls(s.domains, h, f, ph, pf, s.count)
+
+    def doge(self, lam: float) -> tuple[np.ndarray, np.ndarray]:
+        return domain_general(self.per_domain_heads, lam), domain_general(self.per_domain_ffn, lam)
+
+    def winning(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.pooled_heads, self.pooled_ffn
+
+    def to_json(self, lambdas: list[float]) -> dict:
+        D, L, H = self.per_domain_heads.shape
+        return {
+            "domains": self.domains,
+            "num_layers": L,
+            "num_heads": H,
+            "counts": {d: int(c) for d, c in zip(self.domains, self.counts, strict=True)},
+            "per_domain": {
+                d: {"heads": self.per_domain_heads[i].tolist(), "ffn": self.per_domain_ffn[i].tolist()}
+                for i, d in enumerate(self.domains)
+            },
+            "combined": {
+                "winning": {"heads": self.pooled_heads.tolist(), "ffn": self.pooled_ffn.tolist()},
+                **{
+                    f"doge-l{lam:g}": {"lambda": lam, "heads": h.tolist(), "ffn": f.tolist()}
+                    for lam in lambdas
+                    for h, f in [self.doge(lam)]
+                },
+            },
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict) -> UnitScores:
+        doms = raw["domains"]
+        return cls(
+            doms,
+            np.array([raw["per_domain"][d]["heads"] for d in doms]),
+            np.array([raw["per_domain"][d]["ffn"] for d in doms]),
+            np.array(raw["combined"]["winning"]["heads"]),
+            np.array(raw["combined"]["winning"]["ffn"]),
+            np.array([raw["counts"][d] for d in doms]),
+        )

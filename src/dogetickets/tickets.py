@@ -1,0 +1,178 @@
+"""Tickets: which heads and FFN blocks are pruned, chosen by score (doge, winning) or at random.
+
+Sparsity is the share of the encoder layers' parameters removed; a head owns its slices of Q, K, V,
+O (and the Q, K, V biases), an FFN block both its linear layers. Units are pruned lowest score first;
+a unit that would carry the achieved sparsity past the target is skipped and the next one tried,
+so every method of a sweep lands within one head below the target (and so within one unit of each
+other). At least one head is kept in every layer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dogetickets.errors import DogeError
+from dogetickets.io import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What ticket selection needs to know about a model."""
+
+    num_layers: int
+    num_heads: int
+    head_params: int
+    ffn_params: int
+    encoder_params: int
+
+    @classmethod
+    def of(cls, units: Any) -> Shape:
+        return cls(
+            units.num_layers, units.num_heads, units.head_params(), units.ffn_params(), units.encoder_params()
+        )
+
+    @classmethod
+    def bert(
+        cls, layers: int, hidden: int, heads: int, intermediate: int
+    ) -> Shape:  # for accounting without a model
+        dh = hidden // heads
+        head = 3 * (hidden * dh + dh) + hidden * dh
+        ffn = 2 * hidden * intermediate + intermediate + hidden
+        attn = 4 * hidden * hidden + 4 * hidden + 2 * hidden  # QKVO + biases + LayerNorm
+        layer = attn + ffn + 2 * hidden  # + output LayerNorm
+        return cls(layers, heads, head, ffn, layers * layer)
+
+
+@dataclass
+class Ticket:
+    method: str  # random | winning | doge | none
+    target_sparsity: float
+    sparsity: float  # achieved
+    pruned_heads: dict[str, list[int]]  # layer index (as a string, JSON keys) -> head indices
+    pruned_ffn: list[int]
+    num_layers: int
+    num_heads: int
+    lam: float | None = None
+    seed: int | None = None
+    pruned_params: int = 0
+    encoder_params: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return ticket_name(self.method, self.target_sparsity, self.lam)
+
+    def masks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(layers, heads) and (layers,) 0/1 float masks: 1 keeps the unit."""
+        head = torch.ones(self.num_layers, self.num_heads)
+        for layer, heads in self.pruned_heads.items():
+            head[int(layer), heads] = 0.0
+        ffn = torch.ones(self.num_layers)
+        ffn[self.pruned_ffn] = 0.0
+        return head, ffn
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(Path(path), json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Ticket:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+            ticket = cls(**raw)
+        except (OSError, json.JSONDecodeError, TypeError) as exc:
+            raise DogeError(f"{path}: not a ticket file ({exc})") from None
+        ticket.validate(path)
+        return ticket
+
+    def validate(self, where: Any = "ticket") -> None:
+        for layer, heads in self.pruned_heads.items():
+            li = int(layer)
+            if not 0 <= li < self.num_layers:
+                raise DogeError(f"{where}: layer {li} does not exist (the model has {self.num_layers})")
+            for h in heads:
+                if not 0 <= h < self.num_heads:
+                    raise DogeError(f"{where}: head {h} of layer {li} does not exist ({self.num_heads} heads)")
+            if len(set(heads)) >= self.num_heads:
+                raise DogeError(f"{where}: layer {li} has every head pruned (at least one must stay)")
+        for li in self.pruned_ffn:
+            if not 0 <= li < self.num_layers:
+                raise DogeError(f"{where}: FFN block {li} does not exist (the model has {self.num_layers})")
+
+
+def ticket_name(method: str, sparsity: float, lam: float | None = None) -> str:
+    name = f"{method}-s{round(sparsity * 100, 2):g}"
+    if method == "doge" and lam is not None:
+        name += f"-l{lam:g}"
+    return name
+
+
+def select(
+    head_scores: np.ndarray,
+    ffn_scores: np.ndarray,
+    shape: Shape,
+    target: float,
+    method: str,
+    lam: float | None = None,
+    seed: int | None = None,
+) -> Ticket:
+    """Prune the lowest-scored units (ties broken by position) that fit under `target`."""
+    L, H = shape.num_layers, shape.num_heads
+    head_scores = np.asarray(head_scores, dtype=np.float64)
+    ffn_scores = np.asarray(ffn_scores, dtype=np.float64)
+    if head_scores.shape != (L, H) or ffn_scores.shape != (L,):
+        raise DogeError(
+            f"scores have shapes {head_scores.shape} and {ffn_scores.shape}, the model ({L}, {H}) and ({L},)"
+        )
+    # unit list: (score, kind, layer, head); kind 0 = head, 1 = ffn
+    units = [(head_scores[li, h], 0, li, h) for li in range(L) for h in range(H)]
+    units += [(ffn_scores[li], 1, li, -1) for li in range(L)]
+    units.sort(key=lambda u: (u[0], u[1], u[2], u[3]))
+    goal = target * shape.encoder_params
+    pruned = 0
+    heads_left = [H] * L
+    pruned_heads: dict[int, list[int]] = {}
+    pruned_ffn: list[int] = []
+    for _, kind, li, h in units:
+        size = shape.head_params if kind == 0 else shape.ffn_params
+        if pruned + size > goal:
+            continue
+        if kind == 0:
+            if heads_left[li] == 1:
+                continue
+            heads_left[li] -= 1
+            pruned_heads.setdefault(li, []).append(h)
+        else:
+            pruned_ffn.append(li)
+        pruned += size
+    return Ticket(
+        method=method,
+        target_sparsity=float(target),
+        sparsity=pruned / shape.encoder_params,
+        pruned_heads={str(li): sorted(hs) for li, hs in sorted(pruned_heads.items())},
+        pruned_ffn=sorted(pruned_ffn),
+        num_layers=L,
+        num_heads=H,
+        lam=lam,
+        seed=seed,
+        pruned_params=pruned,
+        encoder_params=shape.encoder_params,
+    )
+
+
+def random_ticket(shape: Shape, target: float, seed: int) -> Ticket:
+    """Random units at the same sparsity: selection on seeded uniform scores."""
+    rng = np.random.default_rng(seed)
+    heads = rng.random((shape.num_layers, shape.num_heads))
+    ffn = rng.random(shape.num_layers)
+    return select(heads, ffn, shape, target, "random", seed=seed)
+
+
+def no_ticket(shape: Shape) -> Ticket:
+    return Ticket("none", 0.0, 0.0, {}, [], shape.num_layers, shape.num_heads, encoder_params=shape.encoder_params)

@@ -1,0 +1,403 @@
+"""The report package on hand-made run directories with known answers."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dogetickets.errors import DogeError
+from dogetickets.report import write_report
+from dogetickets.report.collect import load_all, load_runs
+from dogetickets.report.figures import plot_lambda, plot_pilot, plot_scores, plot_transitions
+from dogetickets.report.select import select_dev, select_oracle
+from dogetickets.report.stats import bootstrap_table, example_stats, metric_from_sums, paired_bootstrap
+from dogetickets.report.tables import summarize, table2
+
+TEST_DOMAINS = ("Software", "Movies")
+DEV_DOMAINS = ("All_Beauty", "Automotive")
+N_TEST = 20
+
+# name -> (target sparsity, lambda) ; per seed: name -> (dev score, #correct in Software, #correct in Movies)
+CONFIGS = {
+    "erm": (0.0, None),
+    "random-s10": (0.1, None),
+    "random-s30": (0.3, None),
+    "winning-s10": (0.1, None),
+    "winning-s30": (0.3, None),
+    "doge-s10-l10": (0.1, 10.0),
+    "doge-s10-l100": (0.1, 100.0),
+    "doge-s30-l10": (0.3, 10.0),
+    "doge-s30-l100": (0.3, 100.0),
+}
+RESULTS = {
+    0: {
+        "erm": (0.60, 12, 14),
+        "random-s10": (0.58, 15, 15),  # test-best random
+        "random-s30": (0.62, 11, 13),  # dev-best random
+        "winning-s10": (0.66, 12, 12),  # dev-best winning
+        "winning-s30": (0.64, 16, 14),  # test-best winning
+        "doge-s10-l10": (0.65, 18, 18),  # test-best doge
+        "doge-s10-l100": (0.68, 14, 16),
+        "doge-s30-l10": (0.66, 15, 15),
+        "doge-s30-l100": (0.70, 16, 15),  # dev-best doge
+    },
+    1: {
+        "erm": (0.61, 14, 13),
+        "random-s10": (0.57, 16, 15),
+        "random-s30": (0.63, 12, 12),
+        "winning-s10": (0.67, 13, 12),
+        "winning-s30": (0.62, 17, 15),
+        "doge-s10-l10": (0.64, 19, 18),
+        "doge-s10-l100": (0.69, 15, 16),
+        "doge-s30-l10": (0.65, 15, 14),
+        "doge-s30-l100": (0.71, 17, 16),
+    },
+}
+DEV_BEST = {"erm": "erm", "random": "random-s30", "winning": "winning-s10", "doge": "doge-s30-l100"}
+TEST_BEST = {"erm": "erm", "random": "random-s10", "winning": "winning-s30", "doge": "doge-s10-l10"}
+
+
+def expected_mean(seed: int, name: str) -> float:
+    _, k1, k2 = RESULTS[seed][name]
+    return (k1 / N_TEST + k2 / N_TEST) / 2
+
+
+def _gold(i: int) -> int:
+    return i % 3
+
+
+def write_run(
+    folder: Path, seed: int, name: str, dev: float, correct: tuple[int, ...], done: bool = True
+) -> None:
+    ts, lam = CONFIGS.get(name, (0.5, 100.0))
+    method = name.split("-")[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    per = {d: k / N_TEST for d, k in zip(TEST_DOMAINS, correct, strict=True)}
+    metrics = {
+        "run": {
+            "name": name,
+            "method": method,
+            "objective": "erm",
+            "seed": seed,
+            "target_sparsity": ts,
+            "sparsity": round(ts * 0.987, 4),
+            "lambda": lam,
+        },
+        "metric": "accuracy",
+        "dev": {"score": dev, "per_domain": {d: dev for d in DEV_DOMAINS}},
+        "test": {"per_domain": per, "mean": sum(per.values()) / len(per), "worst": min(per.values())},
+        "train": {"steps": 10, "best_step": 5, "seconds": 1.0},
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    lines = []
+    for d in DEV_DOMAINS:
+        for i in range(5):
+            lines.append({"split": "dev", "domain": d, "index": i, "gold": _gold(i), "pred": 0})
+    for d, k in zip(TEST_DOMAINS, correct, strict=True):
+        for i in range(N_TEST):
+            pred = _gold(i) if i < k else (_gold(i) + 1) % 3
+            lines.append({"split": "test", "domain": d, "index": i, "gold": _gold(i), "pred": pred})
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    if done:
+        (folder / "DONE").write_text("")
+
+
+# 2 layers x 3 heads (+ FFN), 3 domains; unit order: L0 h0 h1 h2 ffn, L1 h0 h1 h2 ffn.
+UNIT_SCORES = [
+    (0.9, 0.9, 0.9),  # HMLV
+    (0.1, 0.1, 0.1),  # LMLV
+    (1.0, 0.2, 0.6),  # HMHV
+    (0.5, 0.0, 0.1),  # LMHV
+    (0.8, 0.8, 0.7),  # HMLV
+    (0.2, 0.15, 0.2),  # LMLV
+    (0.9, 0.3, 0.6),  # HMHV
+    (0.6, 0.0, 0.0),  # LMHV
+]
+UNIT_CLASSES = ["HMLV", "LMLV", "HMHV", "LMHV", "HMLV", "LMLV", "HMHV", "LMHV"]
+
+
+def scores_json() -> dict:
+    domains = ["A", "B", "C"]
+    per = {}
+    for k, d in enumerate(domains):
+        heads = [[UNIT_SCORES[layer * 4 + h][k] for h in range(3)] for layer in range(2)]
+        ffn = [UNIT_SCORES[layer * 4 + 3][k] for layer in range(2)]
+        per[d] = {"heads": heads, "ffn": ffn}
+    return {"domains": domains, "num_layers": 2, "num_heads": 3, "per_domain": per, "combined": {}}
+
+
+def make_run_dir(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.toml").write_text(f'[run]\nout = "{root}"\n')
+    for seed, runs in RESULTS.items():
+        sdir = root / f"seed{seed}"
+        for name, (dev, k1, k2) in runs.items():
+            folder = sdir / "erm" if name == "erm" else sdir / "rewind" / name
+            write_run(folder, seed, name, dev, (k1, k2))
+        # An unfinished run with the best dev score of all: it must be ignored.
+        write_run(sdir / "rewind" / "doge-s50-l100", seed, "doge-s50-l100", 0.99, (20, 20), done=False)
+        (sdir / "scores").mkdir(parents=True, exist_ok=True)
+        (sdir / "scores" / "scores.json").write_text(json.dumps(scores_json()))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run_dir(tmp_path_factory.mktemp("runs") / "amazonA")
+
+
+@pytest.fixture(scope="module")
+def runs(run_dir: Path) -> pd.DataFrame:
+    return load_runs(run_dir)
+
+
+@pytest.fixture(scope="module")
+def report(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_report([run_dir], out=tmp_path_factory.mktemp("report"), n_boot=500, seed=0)
+
+
+def test_collect_one_row_per_finished_run(runs: pd.DataFrame) -> None:
+    assert len(runs) == 2 * len(CONFIGS)
+    assert "doge-s50-l100" not in set(runs["name"])
+    assert set(runs["method"]) == {"erm", "random", "winning", "doge"}
+    row = runs[(runs["seed"] == 1) & (runs["name"] == "doge-s10-l100")].iloc[0]
+    assert row["lambda"] == 100.0 and row["target_sparsity"] == 0.1 and row["dev_score"] == 0.69
+    assert row["test_mean"] == pytest.approx(expected_mean(1, "doge-s10-l100"))
+    assert row["test:Software"] == pytest.approx(15 / 20) and row["test_worst"] == pytest.approx(15 / 20)
+    assert math.isnan(runs[runs["method"] == "erm"]["lambda"].iloc[0])
+
+
+def test_collect_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "seed0" / "erm").mkdir(parents=True)
+    with pytest.raises(DogeError, match="no finished runs"):
+        load_runs(tmp_path / "empty")
+    with pytest.raises(DogeError):
+        load_runs(tmp_path / "missing")
+
+
+def test_dev_selection_picks_dev_best_not_test_best(runs: pd.DataFrame) -> None:
+    sel = select_dev(runs)
+    assert not any(c.startswith("test") for c in sel.columns)
+    for seed in RESULTS:
+        for method, name in DEV_BEST.items():
+            assert sel[(sel.seed == seed) & (sel.method == method)]["name"].item() == name
+    orc = select_oracle(runs)
+    for seed in RESULTS:
+        for method, name in TEST_BEST.items():
+            assert orc[(orc.seed == seed) & (orc.method == method)]["name"].item() == name
+
+
+def test_selection_without_test_key(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "notest"
+    shutil.copytree(run_dir, copy)
+    for path in copy.glob("seed*/**/metrics.json"):
+        m = json.loads(path.read_text())
+        del m["test"]
+        path.write_text(json.dumps(m))
+    runs = load_runs(copy)
+    assert runs["test_mean"].isna().all()
+    sel = select_dev(runs)
+    for seed in RESULTS:
+        for method, name in DEV_BEST.items():
+            assert sel[(sel.seed == seed) & (sel.method == method)]["name"].item() == name
+    md = write_report([copy], n_boot=50)  # still reports (tables with '-', bootstrap from predictions)
+    assert md.is_file() and "Selection rule" in md.read_text()
+    assert not (copy / "transitions.png").exists()
+
+
+def test_selection_ties_go_to_lowest_sparsity() -> None:
+    df = pd.DataFrame(
+        {
+            "dataset": "x",
+            "seed": 0,
+            "method": "doge",
+            "name": ["b", "a", "c"],
+            "target_sparsity": [0.3, 0.1, 0.5],
+            "sparsity": [0.3, 0.1, 0.5],
+            "lambda": [10.0, 10.0, 10.0],
+            "dev_score": [0.7, 0.7, 0.6],
+            "test_mean": [0.1, 0.2, 0.9],
+        }
+    )
+    assert select_dev(df)["name"].item() == "a"
+    assert select_oracle(df)["name"].item() == "c"
+
+
+def test_table2_aggregation_and_oracle_column(runs: pd.DataFrame) -> None:
+    summ = summarize(runs)
+    for method in DEV_BEST:
+        for selection, best in (("dev", DEV_BEST), ("oracle", TEST_BEST)):
+            vals = [expected_mean(s, best[method]) for s in RESULTS]
+            row = summ[(summ.method == method) & (summ.selection == selection)].iloc[0]
+            assert row.test_mean == pytest.approx(statistics.mean(vals))
+            assert row.test_std == pytest.approx(statistics.stdev(vals))
+    t2 = table2(runs).set_index("Model")
+    assert t2.loc["", "amazonA"] == "Acc"
+    vals = [expected_mean(s, "doge-s30-l100") for s in RESULTS]  # 0.775, 0.825
+    assert (
+        t2.loc["doge tickets", "amazonA"]
+        == f"{100 * statistics.mean(vals):.1f} ± {100 * statistics.stdev(vals):.1f}"
+    )
+    assert t2.loc["doge tickets", "amazonA"] == "80.0 ± 3.5"
+    oracle = [expected_mean(s, "doge-s10-l10") for s in RESULTS]  # 0.9, 0.925
+    ocol = "oracle (test-selected)"
+    assert t2.loc["doge tickets", ocol].startswith(f"{100 * statistics.mean(oracle):.1f}"[:3])
+    assert float(t2.loc["doge tickets", ocol].split(" ± ")[0]) == pytest.approx(91.25, abs=0.051)
+    assert t2.loc["doge tickets", "Average score"] == "80.0"
+    assert t2.loc["doge tickets", "Average sparsity"] == f"{100 * 0.3 * 0.987:.1f}%"
+    assert t2.loc["ERM (fine-tuning)", "Average sparsity"] == "0.0%"
+    assert list(t2.index[1:]) == ["ERM (fine-tuning)", "random tickets", "winning tickets", "doge tickets"]
+
+
+def test_table2_single_seed_omits_std(runs: pd.DataFrame) -> None:
+    t2 = table2(runs[runs.seed == 0]).set_index("Model")
+    assert t2.loc["doge tickets", "amazonA"] == "77.5"
+
+
+def test_bootstrap_difference_is_exact_and_in_ci(runs: pd.DataFrame) -> None:
+    boot = bootstrap_table(select_dev(runs), n_boot=1000, seed=0)
+    assert set(boot["comparison"]) == {"doge - erm", "doge - winning"}
+    for base in ("erm", "winning"):
+        per_seed = [expected_mean(s, DEV_BEST["doge"]) - expected_mean(s, DEV_BEST[base]) for s in RESULTS]
+        rows = boot[boot.comparison == f"doge - {base}"].set_index("seed")
+        for s in RESULTS:
+            assert rows.loc[str(s), "diff"] == pytest.approx(per_seed[s])
+        pooled = rows.loc["mean"]
+        assert pooled["diff"] == pytest.approx(statistics.mean(per_seed))
+        assert pooled["ci_low"] <= pooled["diff"] <= pooled["ci_high"]
+        assert 0 < pooled["p_value"] <= 1
+    # Seeded: the same call gives the same numbers.
+    again = bootstrap_table(select_dev(runs), n_boot=1000, seed=0)
+    pd.testing.assert_frame_equal(boot, again)
+
+
+def test_bootstrap_identical_predictions(run_dir: Path) -> None:
+    a = run_dir / "seed0" / "rewind" / "doge-s30-l100"
+    res = paired_bootstrap([(a, a)], metric="accuracy", n_boot=300, seed=1)
+    assert res["diff"] == 0.0 and res["ci_low"] == 0.0 and res["ci_high"] == 0.0
+    assert res["p_value"] == pytest.approx(1.0)
+
+
+def test_bootstrap_clear_difference_is_significant(run_dir: Path) -> None:
+    a = run_dir / "seed0" / "rewind" / "doge-s10-l10"  # 90%
+    b = run_dir / "seed0" / "rewind" / "random-s30"  # 60%
+    res = paired_bootstrap([(a, b)], n_boot=1000, seed=0)
+    assert res["diff"] == pytest.approx(0.3)
+    assert res["p_value"] < 0.01 and res["ci_low"] > 0
+
+
+def test_entity_f1_counts_match_seqeval() -> None:
+    from seqeval.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    gold = [list(rng.choice(tags, size=int(rng.integers(1, 8)))) for _ in range(40)]
+    pred = [[t if rng.random() < 0.7 else str(rng.choice(tags)) for t in g] for g in gold]
+    stats = np.array([example_stats(g, p, "entity_f1") for g, p in zip(gold, pred, strict=True)])
+    assert metric_from_sums(stats.sum(0), "entity_f1") == pytest.approx(f1_score(gold, pred))
+    idx = rng.integers(0, 40, size=40)
+    resampled = metric_from_sums(stats[idx].sum(0), "entity_f1")
+    assert resampled == pytest.approx(f1_score([gold[i] for i in idx], [pred[i] for i in idx]))
+
+
+def test_figures_and_csvs(runs: pd.DataFrame, tmp_path: Path) -> None:
+    png = plot_transitions(runs, tmp_path)
+    assert png is not None and png.stat().st_size > 1000
+    tr = pd.read_csv(tmp_path / "transitions.csv")
+    assert len(tr) == 7
+    assert set(zip(tr.method, tr.target_sparsity, strict=True)) == {
+        ("erm", 0.0),
+        ("random", 0.1),
+        ("random", 0.3),
+        ("winning", 0.1),
+        ("winning", 0.3),
+        ("doge", 0.1),
+        ("doge", 0.3),
+    }
+    d30 = tr[(tr.method == "doge") & (tr.target_sparsity == 0.3)].iloc[0]
+    assert d30.test_mean == pytest.approx(0.8) and float(d30.lambdas) == 100.0  # dev-chosen lambda
+
+    png = plot_lambda(runs, tmp_path)
+    assert png is not None and png.stat().st_size > 1000
+    lam = pd.read_csv(tmp_path / "lambda.csv")
+    assert len(lam) == 4 and set(lam["lambda"]) == {10.0, 100.0}
+    one_lambda = runs[~((runs.method == "doge") & (runs["lambda"] == 10.0))]
+    assert (
+        plot_lambda(one_lambda, tmp_path / "one") is None and not (tmp_path / "one" / "lambda.png").exists()
+    )
+
+    png, counts = plot_scores(scores_json(), tmp_path)
+    assert png.stat().st_size > 1000 and (tmp_path / "scores.csv").is_file()
+    assert counts == {"HMHV": 2, "HMLV": 2, "LMHV": 2, "LMLV": 2}
+    cls = pd.read_csv(tmp_path / "scores_classes.csv")
+    assert len(cls) == 8 and list(cls["class"]) == UNIT_CLASSES
+
+    rng = np.random.default_rng(0)
+    pilot = plot_pilot({"A": rng.random((3, 35)), "B": rng.random((3, 35))}, tmp_path)
+    assert pilot == tmp_path / "pilot.png" and pilot.stat().st_size > 1000
+    pc = pd.read_csv(tmp_path / "pilot.csv")
+    assert len(pc) == 3 * 35 * 2 and set(pc.domain) == {"A", "B"}
+    with pytest.raises(DogeError):
+        plot_pilot({"A": np.zeros((3, 35)), "B": np.zeros((2, 35))}, tmp_path)
+
+
+def test_write_report(report: Path) -> None:
+    out = report.parent
+    assert report.name == "report.md"
+    md = report.read_text()
+    for needle in (
+        "Selection rule",
+        "dev score",
+        "oracle (test-selected)",
+        "Paired bootstrap",
+        "doge - erm",
+        "HMHV: 2",
+        "transitions.png",
+        "lambda.png",
+        "scores.png",
+    ):
+        assert needle in md, needle
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "<table" in page and 'src="http' not in page
+    for name in (
+        "table2.csv",
+        "runs.csv",
+        "bootstrap.csv",
+        "transitions.csv",
+        "lambda.csv",
+        "scores.csv",
+        "scores_classes.csv",
+        "transitions.png",
+        "lambda.png",
+        "scores.png",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    allruns = pd.read_csv(out / "runs.csv")
+    assert len(allruns) == 18 and allruns["dev_selected"].sum() == 8
+    boot = pd.read_csv(out / "bootstrap.csv")
+    assert len(boot) == 6  # 2 comparisons x (2 seeds + pooled)
+
+
+def test_report_several_datasets(run_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "amazonB"
+    shutil.copytree(run_dir, other)
+    runs = load_all([run_dir, other])
+    t2 = table2(runs)
+    assert {
+        "amazonA",
+        "amazonB",
+        "Average score",
+        "Average sparsity",
+        "Average oracle (test-selected)",
+    } <= set(t2.columns)
+    md = write_report([run_dir, other], out=tmp_path / "both", n_boot=50)
+    assert "amazonB" in md.read_text()
+    tr = pd.read_csv(tmp_path / "both" / "transitions.csv")
+    assert len(tr) == 14
