@@ -1,8 +1,9 @@
 """How much faster an exported ticket runs: throughput, latency, training speed, parameters and FLOPs.
 
 The full model and the exported (physically pruned) tickets are timed in turns (round robin over the
-repeats, so drifting machine load hits every model alike) and reported as ratios against the full
-model. FLOPs per token count the encoder's matmuls analytically from the structure: per layer
+repeats, so a busy spell of the machine hits every model alike); absolute numbers are medians over the
+repeats, ratios against the full model are medians over the rounds of the per-round ratios.
+FLOPs per token count the encoder's matmuls analytically from the structure: per layer
 2·(3·d·k·dh + k·dh·d) for the Q, K, V and output projections of k kept heads, 2·2·seq·k·dh for the
 attention scores and weighted values, and 2·2·d·di for a kept FFN block. The goal is a speed-up of at
 least 0.9 x the FLOP reduction ("efficiency" ≥ 0.9).
@@ -55,8 +56,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _round_robin(fns: list[Callable[[], Any]], warmup: int, repeats: int, device: torch.device) -> list[float]:
-    """Median seconds of each fn, timed in turns."""
+def _round_robin(fns: list[Callable[[], Any]], warmup: int, repeats: int, device: torch.device) -> list[list[float]]:
+    """Seconds of every call of each fn, the fns timed in turns."""
     for fn in fns:
         for _ in range(warmup):
             fn()
@@ -69,7 +70,12 @@ def _round_robin(fns: list[Callable[[], Any]], warmup: int, repeats: int, device
             fn()
             _sync(device)
             times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def _paired(base: list[float], times: list[float]) -> float:
+    """Median of the per-round ratios base/times: a busy spell hits both sides of a ratio alike."""
+    return statistics.median(b / t for b, t in zip(base, times, strict=True))
 
 
 def _load(model: str | Path | nn.Module, task: str) -> nn.Module:
@@ -96,9 +102,9 @@ def run_bench(
     batch_size: int = 32,
     seq_len: int = 128,
     train_batch_size: int = 16,
-    repeats: int = 3,
-    latency_repeats: int = 10,
-    train_repeats: int = 2,
+    repeats: int = 8,
+    latency_repeats: int = 30,
+    train_repeats: int = 5,
     warmup: int = 1,
     seed: int = 0,
     task: str = "text",
@@ -166,6 +172,7 @@ def run_bench(
 
     hidden, head_dim, inter = units.hidden_size, units.head_dim, units.intermediate_size
     rows: list[dict[str, Any]] = []
+    med = statistics.median
     for (name, ticket, m), t_inf, t_lat, t_train in zip(models, infer, latency, train, strict=True):
         heads, ffn = _kept(ticket or no_ticket(shape))
         rows.append(
@@ -179,18 +186,24 @@ def run_bench(
                 "params": sum(p.numel() for p in m.parameters()),
                 "encoder_params": sum(p.numel() for layer in encoder_layers(m) for p in layer.parameters()),
                 "flops_per_token": encoder_flops_per_token(heads, ffn, hidden, head_dim, inter, seq_len),
-                "infer_examples_per_s": batch_size / t_inf,
-                "latency_ms": 1000 * t_lat,
-                "train_examples_per_s": train_batch_size / t_train,
+                "infer_examples_per_s": batch_size / med(t_inf),
+                "latency_ms": 1000 * med(t_lat),
+                "train_examples_per_s": train_batch_size / med(t_train),
+                "best": {  # the fastest repeat, less sensitive to a busy machine than the median
+                    "infer_examples_per_s": batch_size / min(t_inf),
+                    "latency_ms": 1000 * min(t_lat),
+                    "train_examples_per_s": train_batch_size / min(t_train),
+                },
             }
         )
     base = rows[0]
-    for r in rows:
+    for i, r in enumerate(rows):
         r["flop_reduction"] = base["flops_per_token"] / r["flops_per_token"]
         r["param_ratio"] = r["params"] / base["params"]
-        r["speedup"] = r["infer_examples_per_s"] / base["infer_examples_per_s"]
-        r["latency_speedup"] = base["latency_ms"] / r["latency_ms"]
-        r["train_speedup"] = r["train_examples_per_s"] / base["train_examples_per_s"]
+        # ratios: median over the rounds of (full model's time / this model's time) in the same round
+        r["speedup"] = _paired(infer[0], infer[i])
+        r["latency_speedup"] = _paired(latency[0], latency[i])
+        r["train_speedup"] = _paired(train[0], train[i])
         r["efficiency"] = r["speedup"] / r["flop_reduction"]
         r["meets_goal"] = r["efficiency"] >= GOAL
     result = {

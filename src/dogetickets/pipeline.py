@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from dogetickets.config import Config
-from dogetickets.data.batching import batch_indices
 from dogetickets.data.sources import Splits, load_splits
 from dogetickets.data.tasks import Encoded, Task, make_task
 from dogetickets.errors import DogeError
@@ -70,18 +69,21 @@ class Pipeline:
     # ---- set-up ------------------------------------------------------------------------------
     def init_dir(self) -> None:
         """Create the run directory with its config; refuse a directory holding another run."""
+        self.data  # noqa: B018 - read and check the data before anything is written
         path = self.out / "config.toml"
         new = self.cfg.to_dict()
         if path.is_file():
             old = tomllib.loads(path.read_text(encoding="utf-8"))
             for section in FIXED_SECTIONS:
-                if old.get(section) != new.get(section):
+                if _comparable(old.get(section)) != _comparable(new.get(section)):
                     raise DogeError(
                         f"{self.out}: holds a run whose [{section}] differs from this config; "
                         "use another run.out (or delete the folder)"
                     )
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, self.cfg.to_toml())
+        text = self.cfg.to_toml()
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            atomic_write_text(path, text)
 
     @cached_property
     def data(self) -> Prepared:
@@ -346,6 +348,13 @@ class Pipeline:
         return notes
 
 
+def _comparable(section: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A config section without what may differ between machines (where the data lives)."""
+    if section is None:
+        return None
+    return {k: v for k, v in section.items() if k != "dir"}
+
+
 def _save_model(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:
     """save_pretrained (safetensors) + tokenizer, into a temporary folder renamed at the end."""
     folder = Path(folder)
@@ -355,7 +364,3 @@ def _save_model(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
-
-
-def eval_batches(data: Encoded, batch_size: int) -> list[np.ndarray]:
-    return batch_indices(data.lengths, batch_size, shuffle=False)

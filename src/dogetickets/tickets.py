@@ -2,9 +2,11 @@
 
 Sparsity is the share of the encoder layers' parameters removed; a head owns its slices of Q, K, V,
 O (and the Q, K, V biases), an FFN block both its linear layers. Units are pruned lowest score first;
-a unit that would carry the achieved sparsity past the target is skipped and the next one tried,
-so every method of a sweep lands within one head below the target (and so within one unit of each
-other). At least one head is kept in every layer.
+a unit that would carry the achieved sparsity past the target is skipped and the next one tried.
+When the heads run out before the target is reached (high sparsity), the lowest-scored skipped FFN
+block is taken and the highest-scored pruned heads are given back while the target stays reached.
+So every method of a sweep lands within one head of the target, and of each other. At least one
+head is kept in every layer.
 """
 
 from __future__ import annotations
@@ -139,9 +141,12 @@ def select(
     heads_left = [H] * L
     pruned_heads: dict[int, list[int]] = {}
     pruned_ffn: list[int] = []
+    skipped_ffn: list[int] = []
     for _, kind, li, h in units:
         size = shape.head_params if kind == 0 else shape.ffn_params
         if pruned + size > goal:
+            if kind == 1:
+                skipped_ffn.append(li)
             continue
         if kind == 0:
             if heads_left[li] == 1:
@@ -151,6 +156,21 @@ def select(
         else:
             pruned_ffn.append(li)
         pruned += size
+    if goal - pruned >= shape.head_params and skipped_ffn:
+        # Heads are exhausted: take the lowest-scored FFN block that was too big, then give back the
+        # highest-scored pruned heads while the target stays reached: within one head of it.
+        li = skipped_ffn[0]
+        if abs(pruned + shape.ffn_params - goal) < abs(pruned - goal):
+            pruned_ffn.append(li)
+            pruned += shape.ffn_params
+            by_score = sorted(((head_scores[li, h], li, h) for li, hs in pruned_heads.items() for h in hs),
+                              reverse=True)
+            for _, hl, h in by_score:
+                if pruned - shape.head_params < goal:
+                    break
+                pruned_heads[hl].remove(h)
+                pruned -= shape.head_params
+            pruned_heads = {k: v for k, v in pruned_heads.items() if v}
     return Ticket(
         method=method,
         target_sparsity=float(target),

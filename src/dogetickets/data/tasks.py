@@ -18,6 +18,11 @@ from dogetickets.data.sources import Example
 IGNORE = -100
 
 
+def _full(logits: torch.Tensor) -> torch.Tensor:
+    """Losses in at least float32 (autocast may hand us bf16/fp16 logits)."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
 @dataclass
 class Encoded:
     """Tokenized examples of one split, in the order of `domains`/`index`."""
@@ -85,7 +90,7 @@ class Task:
     # ---- loss, predictions, metric -------------------------------------------------------------------
     def per_example_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of each example, shape (batch,)."""
-        return F.cross_entropy(logits.float(), labels, reduction="none")
+        return F.cross_entropy(_full(logits), labels, reduction="none")
 
     def predictions(self, logits: torch.Tensor, batch_index: np.ndarray, data: Encoded) -> list:
         return logits.argmax(-1).tolist()
@@ -164,7 +169,7 @@ class TokenTagging(Task):
 
     def per_example_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over each sentence's labelled sub-words, shape (batch,)."""
-        tok = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none", ignore_index=IGNORE)
+        tok = F.cross_entropy(_full(logits).transpose(1, 2), labels, reduction="none", ignore_index=IGNORE)
         n = (labels != IGNORE).sum(1).clamp(min=1)
         return tok.sum(1) / n
 

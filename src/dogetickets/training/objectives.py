@@ -77,7 +77,7 @@ class IRM(Objective):
 
     @staticmethod
     def penalty(task: Task, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        scale = torch.ones((), device=logits.device, requires_grad=True)
+        scale = torch.ones((), device=logits.device, dtype=logits.dtype, requires_grad=True)
         risk = task.per_example_loss(logits * scale, labels).mean()
         (grad,) = torch.autograd.grad(risk, [scale], create_graph=True)
         return grad.pow(2)

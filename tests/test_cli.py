@@ -1,0 +1,145 @@
+"""The `doge` command: one-line errors with exit code 2, and the protocol end to end on real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+AMAZON_A = """
+[data]
+train_domains = ["All_Beauty", "Automotive"]
+test_domains = ["Software"]
+max_train_per_domain = 8
+max_eval_per_domain = 8
+"""
+
+
+def doge(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "dogetickets.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=e, timeout=900)
+
+
+def _fake_data(root: Path, lines: dict[str, list[str]]) -> Path:
+    for rel, content in lines.items():
+        p = root / "amazon" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("".join(line + "\n" for line in content))
+    return root
+
+
+GOOD = [json.dumps({"text": "fine", "label": 1}), json.dumps({"text": "bad", "label": 0})]
+
+
+def _layout(root: Path, **override: list[str]) -> Path:
+    files = {f"{d}/{s}.json": GOOD for d in ("All_Beauty", "Automotive", "Software") for s in ("train", "dev", "test")}
+    files.update({k.replace("__", "/") + ".json": v for k, v in override.items()})
+    return _fake_data(root, files)
+
+
+def _assert_one_line_error(res: subprocess.CompletedProcess, *needles: str) -> None:
+    assert res.returncode == 2, res.stderr
+    err = res.stderr.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+
+
+def _no_done(out: Path) -> None:
+    assert not list(out.rglob("DONE")) if out.exists() else True
+
+
+@pytest.mark.parametrize(
+    "case, override, needles",
+    [
+        ("malformed", {"Automotive__train": [GOOD[0], "{not json"]}, ["Automotive/train.json:2", "malformed JSON"]),
+        ("bad label", {"All_Beauty__dev": [json.dumps({"text": "x", "label": 7})]},
+         ["All_Beauty/dev.json:1", "label 7 is not in the label set"]),
+        ("empty", {"Software__test": []}, ["Software", "no examples"]),
+        ("missing field", {"All_Beauty__train": [json.dumps({"label": 1})]},
+         ["All_Beauty/train.json:1", "missing field 'text'"]),
+    ],
+)
+def test_bad_data_gives_one_line(tmp_path, case, override, needles):
+    root = _layout(tmp_path / "data", **override)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(AMAZON_A)
+    out = tmp_path / "run"
+    res = doge("run", str(cfg), "--data-dir", str(root), "--out", str(out), "-q")
+    _assert_one_line_error(res, *needles)
+    _no_done(out)
+
+
+def test_missing_data_dir_unknown_domain_and_config_key(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(AMAZON_A)
+    res = doge("run", str(cfg), "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "r"))
+    _assert_one_line_error(res, "nope", "not found")
+    root = _layout(tmp_path / "data")
+    cfg.write_text(AMAZON_A.replace('"Software"', '"Sofware"'))
+    res = doge("run", str(cfg), "--data-dir", str(root), "--out", str(tmp_path / "r"))
+    _assert_one_line_error(res, "unknown domain 'Sofware'", "Software")
+    cfg.write_text(AMAZON_A + "\n[train]\nlearning_rate = 1e-5\n")
+    res = doge("run", str(cfg), "--data-dir", str(root), "--out", str(tmp_path / "r"))
+    _assert_one_line_error(res, "c.toml", "unknown config key 'train.learning_rate'")
+    res = doge("run", str(tmp_path / "absent.toml"))
+    _assert_one_line_error(res, "absent.toml", "not found")
+    _no_done(tmp_path / "r")
+
+
+@pytest.mark.slow
+def test_run_end_to_end_on_real_amazon(tmp_path, data_dir):
+    """`doge run` with the packaged model on a tiny subsample; a rerun skips every finished stage."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(f"""
+[run]
+out = "{tmp_path / 'run'}"
+baselines = ["erm", "irm"]
+[data]
+dir = "{data_dir}"
+train_domains = ["All_Beauty", "Automotive", "Digital_Music", "Gift_Cards"]
+test_domains = ["Industrial_and_Scientific", "Software"]
+max_train_per_domain = 8
+max_eval_per_domain = 8
+[model]
+max_length = 64
+[train]
+epochs = 1
+batch_size = 8
+[irm]
+anneal_steps = 2
+[tickets]
+sparsities = [0.3]
+""")
+    res = doge("run", str(cfg), "-q")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "run"
+    results = json.loads((out / "results.json").read_text())
+    rows = [r["row"] for r in results["rows"]]
+    assert rows == ["ERM", "IRM", "random 30%", "winning 30%", "doge 30% (λ=100)"]
+    for r in results["rows"]:
+        assert set(r["test"]) == {"Industrial_and_Scientific", "Software"}
+        assert 0.0 <= r["mean"] <= 1.0 and r["worst"] <= r["mean"]
+    assert "ERM" in res.stdout and "doge 30%" in res.stdout
+    sp = [r["sparsity"] for r in results["rows"][2:]]
+    assert max(sp) - min(sp) < 0.005  # within one head of each other
+    metrics = json.loads((out / "seed0/rewind/doge-s30-l100/metrics.json").read_text())
+    assert metrics["run"]["method"] == "doge"
+    preds = (out / "seed0/rewind/doge-s30-l100/predictions.jsonl").read_text().splitlines()
+    assert len(preds) == 4 * 8 + 2 * 8
+    scores = json.loads((out / "seed0/scores/scores.json").read_text())
+    assert set(scores["per_domain"]) == {"All_Beauty", "Automotive", "Digital_Music", "Gift_Cards"}
+    assert (out / "seed0/init/model.safetensors").is_file()
+    assert (out / "seed0/rewind/doge-s30-l100/model/model.safetensors").is_file()
+    # every stage is skipped on a rerun: nothing is rewritten
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and "results" not in p.name}
+    res = doge("run", str(cfg), "-q")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
