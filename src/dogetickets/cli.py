@@ -126,6 +126,31 @@ def data_fetch(
     typer.echo(f"{len(paths)} files verified in {to}")
 
 
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (one per dataset)")],
+    out: Annotated[Path | None, typer.Option("--out", help="Where to write (default: the first run dir)")] = None,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed")] = 0,
+) -> None:
+    """report.md/.html, CSVs and figures: Table 2 (dev-selected), paired bootstrap, transitions, lambda, scores."""
+    from dogetickets.report import write_report
+
+    path = write_report(run_dirs, out=out, n_boot=n_boot, seed=seed)
+    typer.echo(path.read_text(encoding="utf-8"))
+    typer.echo(f"report: {path} (and {path.with_suffix('.html')})")
+
+
+@app.command()
+def analyze(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, model: ModelOpt = None,
+            set_: SetOpt = None, quiet: QuietOpt = False,
+            seed: Annotated[int, typer.Option("--seed", help="Which seed's fine-tuned model")] = 0) -> None:
+    """Expressive scores across domains (Fig. 4) and the pilot study (Fig. 1/6) of the fine-tuned model."""
+    pipe = _pipeline(config, data_dir, out, model, set_, quiet)
+    for path in pipe.analyze(seed):
+        typer.echo(str(path))
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -233,7 +233,7 @@ class Pipeline:
         )
         if keep_model:
             _save_model(model, d.tokenizer, folder / "model")
-        self._evaluate(model, folder, info, masks, train_info=result.to_dict())
+        self._evaluate(model, folder, info, masks, result.to_dict(), dev_predictions=result.best_dev_predictions)
 
     def _evaluate(
         self,
@@ -242,6 +242,7 @@ class Pipeline:
         info: dict[str, Any],
         masks: tuple[torch.Tensor, torch.Tensor] | None,
         train_info: dict[str, Any],
+        dev_predictions: list | None = None,
     ) -> dict[str, Any]:
         d = self.data
         model.to(self.device)
@@ -252,8 +253,11 @@ class Pipeline:
         rows: list[dict[str, Any]] = []
         with units.gated(head.to(self.device), ffn.to(self.device)):
             for split, data in (("dev", d.dev), ("test", d.test)):
-                preds = predict(model, d.task, data, self.cfg.train.eval_batch_size, d.pad_id, self.device,
-                                self.show_progress, f"evaluate {split}")
+                if split == "dev" and dev_predictions is not None:
+                    preds = dev_predictions  # the kept checkpoint was chosen on exactly these
+                else:
+                    preds = predict(model, d.task, data, self.cfg.train.eval_batch_size, d.pad_id,
+                                    self.device, self.show_progress, f"evaluate {split}")
                 m = metrics(d.task, data, preds)
                 out[split] = m if split == "test" else {"score": m["score"], "per_domain": m["per_domain"]}
                 rows += prediction_rows(d.task, data, preds, split)
@@ -330,6 +334,26 @@ class Pipeline:
                 for path in self.tickets(seed):
                     self.rewind(seed, path)
         return self.results()
+
+    def analyze(self, seed: int) -> list[Path]:
+        """Fig. 4 (scores across domains) and Fig. 1/6 (pilot study) for one seed's fine-tuned model."""
+        from dogetickets.analysis import activation_frequencies
+        from dogetickets.report.figures import plot_pilot, plot_scores
+
+        self.init_dir()
+        self.rewind_point(seed)
+        self.baseline(seed, "erm")
+        scores = self.scores(seed)
+        folder = self.out / "analysis"
+        folder.mkdir(parents=True, exist_ok=True)
+        scores_png, classes = plot_scores(scores.to_json(self.cfg.tickets.lambdas), folder)
+        console.print("unit classes (mean x variance across domains): "
+                      + ", ".join(f"{k} {v}" for k, v in classes.items()))
+        model = load_saved(self.seed_dir(seed) / "erm" / "model", self.cfg.data.task).to(self.device)
+        counts = activation_frequencies(model, self.data.train, self.cfg.train.eval_batch_size,
+                                        self.data.pad_id, device=self.device, show_progress=self.show_progress)
+        pilot_png = plot_pilot(counts, folder)
+        return [scores_png, pilot_png]
 
     def results(self) -> dict[str, Any]:
         from dogetickets.results import collect_results, write_results

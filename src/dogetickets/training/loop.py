@@ -52,10 +52,12 @@ class TrainResult:
     train_examples_per_s: float
     stopped_early: bool
     history: list[dict[str, Any]] = field(default_factory=list)
+    best_dev_predictions: list | None = None  # the kept checkpoint's dev predictions (no re-run)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("history")
+        d.pop("best_dev_predictions")
         return d
 
 
@@ -110,6 +112,7 @@ def train(
 
     best_dev, best_step, bad_evals = -math.inf, 0, 0
     best_state: dict[str, torch.Tensor] | None = None
+    best_preds: list | None = None
     history: list[dict[str, Any]] = []
     log = log_path.open("a", encoding="utf-8") if log_path else None
     step, epoch, seen, stopped = 0, 0, 0, False
@@ -146,10 +149,11 @@ def train(
                         scheduler = get_linear_schedule_with_warmup(optimizer, 0, total - step)
                     advance(1, info=f"loss {loss.item():.3f}" + (f" dev {best_dev:.3f}" if history else ""))
                     if step % eval_every == 0 or step == total:
-                        dev = metrics(task, dev_data, predict(
+                        dev_preds = predict(
                             unwrapped, task, dev_data, cfg.eval_batch_size, pad_id, acc.device,
                             autocast=acc.autocast,
-                        ))["score"]
+                        )
+                        dev = metrics(task, dev_data, dev_preds)["score"]
                         entry = {"step": step, "epoch": epoch, "loss": float(loss.item()), "dev": dev}
                         history.append(entry)
                         if log:
@@ -157,6 +161,7 @@ def train(
                             log.flush()
                         if dev > best_dev:
                             best_dev, best_step, bad_evals = dev, step, 0
+                            best_preds = dev_preds
                             best_state = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}
                         else:
                             bad_evals += 1
@@ -181,6 +186,7 @@ def train(
         train_examples_per_s=seen / train_time if train_time else 0.0,
         stopped_early=stopped,
         history=history,
+        best_dev_predictions=best_preds,
     )
 
 
