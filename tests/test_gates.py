@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-
 from conftest import random_batch
+
 from dogetickets.data.batching import model_inputs
 from dogetickets.data.tasks import PairClassification, TokenTagging
 from dogetickets.models.units import Units, apply_masks

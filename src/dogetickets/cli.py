@@ -151,6 +151,44 @@ def analyze(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, 
         typer.echo(str(path))
 
 
+@app.command("export")
+def export_cmd(
+    src: Annotated[Path, typer.Argument(help="A rewind run folder (model/ + ticket.json) or a ticket file")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the physically pruned model")],
+    model_dir: Annotated[Path | None, typer.Option("--model-dir", help="The masked model, if not beside")] = None,
+) -> None:
+    """Physically pruned model (layers keep different head counts), saved with save_pretrained."""
+    from dogetickets.models.export import export_run
+
+    path = export_run(src, out, model_dir=model_dir)
+    typer.echo(f"pruned model: {path} (load with dogetickets.load_pruned or, after `import dogetickets`, "
+               "the transformers Auto classes)")
+
+
+@app.command()
+def bench(
+    model: ModelOpt = None,
+    sparsities: Annotated[str, typer.Option("--sparsities", help="Comma-separated")] = "0,0.15,0.3,0.5",
+    tickets: Annotated[list[Path] | None, typer.Option("--ticket", help="Ticket file(s) instead")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the results as JSON")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed repeats per model")] = 8,
+) -> None:
+    """Inference/training throughput, batch-1 latency, parameters and FLOPs: exported tickets vs full."""
+    from rich.console import Console
+
+    from dogetickets.bench import format_bench, run_bench
+    from dogetickets.tickets import Ticket
+
+    try:
+        levels = [float(x) for x in sparsities.split(",") if x.strip()]
+    except ValueError:
+        raise DogeError(f"--sparsities {sparsities!r}: expected numbers like 0,0.15,0.3") from None
+    loaded = [Ticket.load(t) for t in tickets] if tickets else None
+    result = run_bench(model or "minilm", tickets=loaded, sparsities=levels, out=out, repeats=repeats,
+                       log=lambda m: typer.echo(m, err=True))
+    Console(width=200).print(format_bench(result))
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
