@@ -143,3 +143,28 @@ sparsities = [0.3]
     res = doge("run", str(cfg), "-q")
     assert res.returncode == 0, res.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+TINY = ["--set", "data.max_train_per_domain=6", "--set", "data.max_eval_per_domain=6", "--set", "train.epochs=1",
+        "--set", "tickets.sparsities=[0.3]", "--set", "model.max_length=48", "-q"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config, metric", [("mnli-quick", "accuracy"), ("ontonotes-quick", "entity_f1")])
+def test_quick_configs_end_to_end(tmp_path, data_dir, config, metric):
+    """The MNLI (pairs) and OntoNotes (tagging) quick paths on a tiny subsample of the real data."""
+    repo = Path(__file__).resolve().parents[1]
+    res = doge("run", str(repo / "configs" / f"{config}.toml"), "--data-dir", str(data_dir),
+               "--out", str(tmp_path / "run"), *TINY)
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["metric"] == metric
+    assert [r["row"] for r in results["rows"]] == ["ERM", "IRM", "random 30%", "winning 30%", "doge 30% (λ=100)"]
+    if metric == "entity_f1":
+        assert "entity F1" in res.stdout
+        assert any("nw" in n and "10%" in n for n in results["notes"])
+        preds = (tmp_path / "run/seed0/erm/predictions.jsonl").read_text().splitlines()
+        row = json.loads(preds[0])
+        assert isinstance(row["gold"], list) and isinstance(row["gold"][0], str)
+    else:
+        assert set(results["test_domains"]) == {"facetoface", "letters", "nineeleven", "oup", "verbatim"}

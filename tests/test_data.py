@@ -182,3 +182,18 @@ def test_label_outside_the_set(tmp_path):
     with pytest.raises(DogeError, match=r"d.jsonl:1: label 'maybe' is not in the label set"):
         load_splits(cfg_for(source="file", path=str(tmp_path / "d.jsonl"), labels=["no", "yes"],
                             train_domains=["a"], test_domains=["a"]))
+
+
+def test_pair_truncation_is_longest_first():
+    from dogetickets.data.sources import Example
+
+    tok = load_tokenizer("minilm")
+    task = make_task("pair", ["a", "b"])
+    long = " ".join(["premise"] * 40)
+    enc = task.encode(tok, {"d": [Example(long, 0, "d", "short hypothesis here")]}, max_length=16)
+    ids = enc.input_ids[0].tolist()
+    assert len(ids) == 16
+    second = [t for t, s in zip(ids, enc.token_type_ids[0].tolist(), strict=True) if s == 1]
+    # the hypothesis survives whole (3 words + [SEP]); the premise took the cut
+    assert tok.decode(second[:-1]) == "short hypothesis here"
+    assert ids.count(tok.sep_token_id) == 2

@@ -34,7 +34,7 @@ from dogetickets.evaluate import metrics, predict, prediction_rows
 from dogetickets.io import atomic_write_text, clear_done, is_done, mark_done, read_json, write_json
 from dogetickets.models.resolve import load_model, load_saved, load_tokenizer
 from dogetickets.models.units import Units
-from dogetickets.progress import console
+from dogetickets.progress import console, sweep_progress
 from dogetickets.scoring import UnitScores, expressive_scores
 from dogetickets.tickets import Shape, Ticket, random_ticket, select, ticket_name
 from dogetickets.training.loop import get_accelerator, train
@@ -322,17 +322,25 @@ class Pipeline:
             self._evaluate(model, folder, old["run"], masks, old.get("train", {}))
 
     def run(self) -> dict[str, Any]:
-        """The whole protocol: ERM (and IRM), scores, tickets, rewinding, evaluation, the table."""
+        """The whole protocol: ERM (and IRM), scores, tickets, rewinding, evaluation, the table.
+
+        One fine-tuning and one scoring pass per seed serve every ticket of that seed."""
         self.init_dir()
-        for seed in self.cfg.run.seeds:
-            self.rewind_point(seed)
-            self.baseline(seed, "erm")
-            for b in self.cfg.run.baselines:
-                if b != "erm":
+        cfg = self.cfg
+        baselines = ["erm", *(b for b in cfg.run.baselines if b != "erm")]
+        with_tickets = bool(cfg.tickets.sparsities and cfg.tickets.methods)
+        specs = self._ticket_specs() if with_tickets else []
+        total = len(cfg.run.seeds) * (len(baselines) + len(specs))
+        with sweep_progress(f"sweep ({total} runs)", total, self.show_progress) as advance:
+            for seed in cfg.run.seeds:
+                self.rewind_point(seed)
+                for b in baselines:
                     self.baseline(seed, b)
-            if self.cfg.tickets.sparsities and self.cfg.tickets.methods:
-                for path in self.tickets(seed):
-                    self.rewind(seed, path)
+                    advance(1, info=f"seed {seed} {b}")
+                if with_tickets:
+                    for path in self.tickets(seed):
+                        self.rewind(seed, path)
+                        advance(1, info=f"seed {seed} {path.stem}")
         return self.results()
 
     def analyze(self, seed: int) -> list[Path]:

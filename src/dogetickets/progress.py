@@ -1,4 +1,8 @@
-"""Rich progress bars with ETA for every long loop (quiet when disabled or not the main process)."""
+"""Rich progress bars with ETA for every long loop.
+
+One live display at a time: inside `sweep_progress` (the overall bar of `doge run`), every loop's bar
+is added to the same display and removed when its loop ends.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from rich.progress import (
 )
 
 console = Console(stderr=True)
+_shared: list[Progress] = []
 
 
 def make_progress() -> Progress:
@@ -28,22 +33,38 @@ def make_progress() -> Progress:
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
         console=console,
-        transient=False,
     )
 
 
 @contextmanager
-def progress_bar(
-    description: str, total: int, enabled: bool = True
-) -> Iterator[Callable[..., None]]:
+def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[..., None]]:
     """`with progress_bar("train", n) as advance: advance(k, info="loss 0.3")`."""
+    if not enabled:
+        yield lambda n=1, info="": None
+        return
+    if _shared:
+        prog = _shared[-1]
+        task = prog.add_task(description, total=total, info="")
+        try:
+            yield lambda n=1, info="": prog.update(task, advance=n, info=info)
+        finally:
+            prog.remove_task(task)
+        return
+    with make_progress() as prog:
+        task = prog.add_task(description, total=total, info="")
+        yield lambda n=1, info="": prog.update(task, advance=n, info=info)
+
+
+@contextmanager
+def sweep_progress(description: str, total: int, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """The overall bar of a sweep; loops inside it show their bars beneath it."""
     if not enabled:
         yield lambda n=1, info="": None
         return
     with make_progress() as prog:
         task = prog.add_task(description, total=total, info="")
-
-        def advance(n: int = 1, info: str = "") -> None:
-            prog.update(task, advance=n, info=info)
-
-        yield advance
+        _shared.append(prog)
+        try:
+            yield lambda n=1, info="": prog.update(task, advance=n, info=info)
+        finally:
+            _shared.pop()
