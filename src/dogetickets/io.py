@@ -9,10 +9,22 @@ from pathlib import Path
 from typing import Any
 
 DONE = "DONE"
+_writer = [True]  # False on the non-main processes of a multi-process (Accelerate) run
+
+
+def set_writer(is_writer: bool) -> None:
+    """Under `accelerate launch` only the main process writes; the others compute alike and read."""
+    _writer[0] = is_writer
+
+
+def is_writer() -> bool:
+    return _writer[0]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    if not is_writer():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -45,4 +57,6 @@ def mark_done(folder: Path) -> None:
 
 
 def clear_done(folder: Path) -> None:
+    if not is_writer():
+        return
     (Path(folder) / DONE).unlink(missing_ok=True)

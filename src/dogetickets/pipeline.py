@@ -31,7 +31,16 @@ from dogetickets.data.sources import Splits, load_splits
 from dogetickets.data.tasks import Encoded, Task, make_task
 from dogetickets.errors import DogeError
 from dogetickets.evaluate import metrics, predict, prediction_rows
-from dogetickets.io import atomic_write_text, clear_done, is_done, mark_done, read_json, write_json
+from dogetickets.io import (
+    atomic_write_text,
+    clear_done,
+    is_done,
+    is_writer,
+    mark_done,
+    read_json,
+    set_writer,
+    write_json,
+)
 from dogetickets.models.resolve import load_model, load_saved, load_tokenizer
 from dogetickets.models.units import Units
 from dogetickets.progress import console, sweep_progress
@@ -64,7 +73,13 @@ class Pipeline:
     def __init__(self, cfg: Config, show_progress: bool = True) -> None:
         self.cfg = cfg
         self.out = Path(cfg.run.out)
-        self.show_progress = show_progress
+        acc = get_accelerator(cfg.train.mixed_precision)
+        set_writer(acc.is_main_process)
+        self.show_progress = show_progress and acc.is_main_process
+
+    def _sync(self) -> None:
+        """All processes agree on what is done before a stage starts (no-op on one process)."""
+        get_accelerator(self.cfg.train.mixed_precision).wait_for_everyone()
 
     # ---- set-up ------------------------------------------------------------------------------
     def init_dir(self) -> None:
@@ -80,7 +95,8 @@ class Pipeline:
                         f"{self.out}: holds a run whose [{section}] differs from this config; "
                         "use another run.out (or delete the folder)"
                     )
-        self.out.mkdir(parents=True, exist_ok=True)
+        if is_writer():
+            self.out.mkdir(parents=True, exist_ok=True)
         text = self.cfg.to_toml()
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             atomic_write_text(path, text)
@@ -117,6 +133,7 @@ class Pipeline:
     # ---- stages ------------------------------------------------------------------------------
     def rewind_point(self, seed: int) -> Path:
         """Pretrained weights + the task head initialised from `seed`, saved before any training."""
+        self._sync()
         folder = self.seed_dir(seed) / "init"
         if not is_done(folder):
             model = load_model(self.cfg.model.name, self.cfg.data.task, self.data.splits.labels, seed)
@@ -126,6 +143,7 @@ class Pipeline:
 
     def baseline(self, seed: int, objective: str) -> Path:
         """Fine-tune from the rewind point with an objective (erm, irm), then evaluate."""
+        self._sync()
         folder = self.seed_dir(seed) / objective
         if is_done(folder):
             return folder
@@ -138,6 +156,7 @@ class Pipeline:
 
     def scores(self, seed: int) -> UnitScores:
         """Per-domain expressive scores of the fine-tuned (ERM) model on the training domains."""
+        self._sync()
         folder = self.seed_dir(seed) / "scores"
         path = folder / "scores.json"
         if is_done(folder):
@@ -171,6 +190,7 @@ class Pipeline:
     def tickets(self, seed: int) -> list[Path]:
         """One ticket per method x sparsity (x lambda for doge), saved as JSON."""
         t = self.cfg.tickets
+        self._sync()
         folder = self.seed_dir(seed) / "tickets"
         wanted = self._ticket_specs()
         paths = [folder / f"{ticket_name(m, s, lam)}.json" for m, s, lam in wanted]
@@ -196,12 +216,12 @@ class Pipeline:
 
     def rewind(self, seed: int, ticket_path: Path) -> Path:
         """Reset to the rewind point, hold the ticket's pruned units at zero, train again, evaluate."""
+        self._sync()
         ticket = Ticket.load(ticket_path)
         folder = self.seed_dir(seed) / "rewind" / ticket_path.stem
         if is_done(folder):
             return folder
         model = load_saved(self.rewind_point(seed), self.cfg.data.task)
-        folder.mkdir(parents=True, exist_ok=True)
         ticket.save(folder / "ticket.json")
         info = {"name": ticket_path.stem, "method": ticket.method, "objective": self.cfg.train.objective,
                 "seed": seed, "target_sparsity": ticket.target_sparsity, "sparsity": ticket.sparsity,
@@ -222,13 +242,15 @@ class Pipeline:
         keep_model: bool,
     ) -> None:
         clear_done(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "log.jsonl").unlink(missing_ok=True)
+        if is_writer():
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "log.jsonl").unlink(missing_ok=True)
         d = self.data
         console.print(f"[bold]seed {seed}: {info['name']}[/bold] ({objective}, sparsity {info['sparsity']:.1%})")
         result = train(
             model, d.task, d.train, d.dev, self.cfg.train, make_objective(objective, self.cfg.irm), seed,
-            d.pad_id, ticket_masks=masks, log_path=folder / "log.jsonl", show_progress=self.show_progress,
+            d.pad_id, ticket_masks=masks, log_path=folder / "log.jsonl" if is_writer() else None,
+            show_progress=self.show_progress,
             description=f"{info['name']} s{seed}",
         )
         if keep_model:
@@ -389,6 +411,8 @@ def _comparable(section: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _save_model(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:
     """save_pretrained (safetensors) + tokenizer, into a temporary folder renamed at the end."""
+    if not is_writer():
+        return
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
