@@ -143,6 +143,35 @@ sparsities = [0.3]
     res = doge("run", str(cfg), "-q")
     assert res.returncode == 0, res.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert json.loads((out / "timing.json").read_text())["outside_model_share"] < 1.0
+
+    # the pilot study and Fig. 4 from the fine-tuned model, then the report with every figure
+    res = doge("analyze", str(cfg), "-q")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out / "pilot.png").stat().st_size > 0 and (out / "scores.png").stat().st_size > 0
+    import csv
+
+    pilot = list(csv.DictReader((out / "pilot.csv").open()))
+    assert len(pilot) == 6 * 35 * 4  # layers x neurons x training domains
+    res = doge("report", str(out), "--n-boot", "100")
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert "Table 2" in report and "pilot.png" in report and "transitions.png" in report
+    assert (out / "report.html").stat().st_size > 0
+
+    # the physically pruned model, reloaded through the Auto classes
+    res = doge("export", str(out / "seed0/rewind/doge-s30-l100"), "--out", str(tmp_path / "pruned"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    code = (
+        "import dogetickets, json, sys; from transformers import AutoModelForSequenceClassification as A; "
+        f"m = A.from_pretrained({str(tmp_path / 'pruned')!r}); "
+        f"t = json.load(open({str(out / 'seed0/rewind/doge-s30-l100/ticket.json')!r})); "
+        "n = sum(p.numel() for p in m.parameters()); print(n, t['pruned_params'])"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    n_pruned, owned = map(int, res.stdout.split())
+    assert n_pruned == 22_714_371 - owned  # MiniLM with a 3-label head, less what the ticket owns
 
 
 TINY = ["--set", "data.max_train_per_domain=6", "--set", "data.max_eval_per_domain=6", "--set", "train.epochs=1",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import tomllib
 from dataclasses import dataclass
 from functools import cached_property
@@ -49,6 +50,8 @@ from dogetickets.tickets import Shape, Ticket, random_ticket, select, ticket_nam
 from dogetickets.training.loop import get_accelerator, train
 from dogetickets.training.objectives import make_objective
 
+SAVE_SECONDS = [0.0]  # time spent saving models in this process (for the time report)
+
 # Sections whose change makes earlier results incomparable; the rest (tickets, seeds) may grow.
 FIXED_SECTIONS = ("model", "data", "train", "irm")
 
@@ -76,6 +79,8 @@ class Pipeline:
         acc = get_accelerator(cfg.train.mixed_precision)
         set_writer(acc.is_main_process)
         self.show_progress = show_progress and acc.is_main_process
+        self.timing: dict[str, float] = {}  # seconds outside the model, by kind (this process)
+        self.started = time.perf_counter()
 
     def _sync(self) -> None:
         """All processes agree on what is done before a stage starts (no-op on one process)."""
@@ -104,10 +109,13 @@ class Pipeline:
     @cached_property
     def data(self) -> Prepared:
         cfg = self.cfg
+        t0 = time.perf_counter()
         splits = load_splits(cfg)
         task = make_task(cfg.data.task, splits.labels)
         tok = load_tokenizer(cfg.model.name)
+        self.timing["read data"] = time.perf_counter() - t0
         n = cfg.model.max_length
+        t0 = time.perf_counter()
         prepared = Prepared(
             splits,
             task,
@@ -116,6 +124,7 @@ class Pipeline:
             task.encode(tok, splits.dev, n),
             task.encode(tok, splits.test, n),
         )
+        self.timing["tokenize"] = time.perf_counter() - t0
         sizes = splits.sizes()
         console.print(
             f"data: {cfg.data.task} task, {len(splits.labels)} labels; "
@@ -363,7 +372,23 @@ class Pipeline:
                     for path in self.tickets(seed):
                         self.rewind(seed, path)
                         advance(1, info=f"seed {seed} {path.stem}")
-        return self.results()
+        results = self.results()
+        self.report_time()
+        return results
+
+    def report_time(self) -> dict[str, float]:
+        """Where this process's wall time went outside the model (tokenizing, batching, reading, saving)."""
+        from dogetickets.data.batching import COLLATE_SECONDS
+
+        total = time.perf_counter() - self.started
+        parts = {**self.timing, "batching": COLLATE_SECONDS[0], "save models": SAVE_SECONDS[0]}
+        outside = sum(parts.values())
+        share = {"total_seconds": total, "outside_model_seconds": outside,
+                 "outside_model_share": outside / total if total else 0.0, **parts}
+        console.print(f"time: {total:.0f}s, outside the model {outside:.1f}s ({share['outside_model_share']:.1%}: "
+                      + ", ".join(f"{k} {v:.1f}s" for k, v in parts.items()) + ")")
+        write_json(self.out / "timing.json", share)
+        return share
 
     def analyze(self, seed: int) -> list[Path]:
         """Fig. 4 (scores across domains) and Fig. 1/6 (pilot study) for one seed's fine-tuned model."""
@@ -374,8 +399,7 @@ class Pipeline:
         self.rewind_point(seed)
         self.baseline(seed, "erm")
         scores = self.scores(seed)
-        folder = self.out / "analysis"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self.out  # beside the run's report, which then shows the pilot study too
         scores_png, classes = plot_scores(scores.to_json(self.cfg.tickets.lambdas), folder)
         console.print("unit classes (mean x variance across domains): "
                       + ", ".join(f"{k} {v}" for k, v in classes.items()))
@@ -413,6 +437,7 @@ def _save_model(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:
     """save_pretrained (safetensors) + tokenizer, into a temporary folder renamed at the end."""
     if not is_writer():
         return
+    t0 = time.perf_counter()
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -420,3 +445,4 @@ def _save_model(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+    SAVE_SECONDS[0] += time.perf_counter() - t0

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
 from dogetickets.data.tasks import IGNORE, Encoded
 
 BUCKET_FACTOR = 50  # batches per length-sorted chunk: local sorting keeps randomness
+COLLATE_SECONDS = [0.0]  # time spent building batches in this process (for the time report)
 
 
 def batch_indices(
@@ -39,6 +42,7 @@ def batch_indices(
 
 def collate(data: Encoded, idx: np.ndarray, pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
     """Pad the batch to its longest member (or to `pad_to`); labels padded with IGNORE."""
+    t0 = time.perf_counter()
     seqs = [data.input_ids[i] for i in idx]
     width = pad_to or max(len(s) for s in seqs)
     B = len(idx)
@@ -56,13 +60,15 @@ def collate(data: Encoded, idx: np.ndarray, pad_id: int, pad_to: int | None = No
             labels[r, :n] = data.labels[i]
         else:
             labels[r] = data.labels[i]
-    return {
+    batch = {
         "input_ids": torch.from_numpy(ids),
         "token_type_ids": torch.from_numpy(types),
         "attention_mask": torch.from_numpy(mask),
         "labels": torch.from_numpy(labels),
         "domain": torch.from_numpy(data.domain[idx].copy()),
     }
+    COLLATE_SECONDS[0] += time.perf_counter() - t0
+    return batch
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
