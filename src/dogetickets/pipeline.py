@@ -417,12 +417,17 @@ class Pipeline:
         return results
 
     def _notes(self) -> list[str]:
-        notes = list(self.cfg.data.notes)
+        """The config's notes, then what the data set-up changes for particular domains."""
         d = self.cfg.data
-        for dom, share in d.dev_from_train.items():
-            notes.append(f"{dom}: its dev set is a seeded {share:.0%} carved from its training data")
-        for dom, split in d.train_split_overrides.items():
-            notes.append(f"{dom}: trained on its '{split}' split")
+        notes = list(d.notes)
+        for dom in d.train_domains:
+            parts = []
+            if dom in d.train_split_overrides:
+                parts.append(f"trains on its '{d.train_split_overrides[dom]}' split")
+            if dom in d.dev_from_train:
+                parts.append(f"its dev set is a seeded {d.dev_from_train[dom]:.0%} carved from that training data")
+            if parts:
+                notes.append(f"{dom}: " + "; ".join(parts))
         return notes
 
 

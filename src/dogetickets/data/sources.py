@@ -10,7 +10,7 @@ import csv
 import json
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ class Splits:
     dev: dict[str, list[Example]]
     test: dict[str, list[Example]]
     labels: list[str]
-    notes: list[str] = field(default_factory=list)
 
     def sizes(self) -> dict[str, dict[str, int]]:
         return {
@@ -269,7 +268,6 @@ def load_splits(cfg: Config) -> Splits:
     labels = _label_names(cfg, raw)
     rng = random.Random(d.seed)
     parts: dict[str, dict[str, list[Example]]] = {"train": {}, "dev": {}, "test": {}}
-    notes = list(d.notes)
     for dom in d.train_domains:
         train = _to_examples(raw["train"][dom], d.task, labels)
         if dom in d.dev_from_train:
@@ -280,7 +278,6 @@ def load_splits(cfg: Config) -> Splits:
             dev_idx = set(order[:n_dev])
             parts["dev"][dom] = [x for i, x in enumerate(train) if i in dev_idx]
             train = [x for i, x in enumerate(train) if i not in dev_idx]
-            notes.append(f"{dom}: dev is a seeded {share:.0%} of its training data ({n_dev} examples)")
         else:
             parts["dev"][dom] = _to_examples(raw["dev"][dom], d.task, labels)
         parts["train"][dom] = train
@@ -295,4 +292,4 @@ def load_splits(cfg: Config) -> Splits:
         for dom, xs in part.items():
             if not xs:
                 raise DogeError(f"domain '{dom}' has no {split} examples")
-    return Splits(parts["train"], parts["dev"], parts["test"], labels, notes)
+    return Splits(parts["train"], parts["dev"], parts["test"], labels)
