@@ -126,7 +126,7 @@ class Pipeline:
         )
         self.timing["tokenize"] = time.perf_counter() - t0
         sizes = splits.sizes()
-        console.print(
+        _say(
             f"data: {cfg.data.task} task, {len(splits.labels)} labels; "
             + "; ".join(f"{k} {sum(v.values())} ({len(v)} domains)" for k, v in sizes.items())
         )
@@ -255,7 +255,7 @@ class Pipeline:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "log.jsonl").unlink(missing_ok=True)
         d = self.data
-        console.print(f"[bold]seed {seed}: {info['name']}[/bold] ({objective}, sparsity {info['sparsity']:.1%})")
+        _say(f"[bold]seed {seed}: {info['name']}[/bold] ({objective}, sparsity {info['sparsity']:.1%})")
         result = train(
             model, d.task, d.train, d.dev, self.cfg.train, make_objective(objective, self.cfg.irm), seed,
             d.pad_id, ticket_masks=masks, log_path=folder / "log.jsonl" if is_writer() else None,
@@ -385,7 +385,7 @@ class Pipeline:
         outside = sum(parts.values())
         share = {"total_seconds": total, "outside_model_seconds": outside,
                  "outside_model_share": outside / total if total else 0.0, **parts}
-        console.print(f"time: {total:.0f}s, outside the model {outside:.1f}s ({share['outside_model_share']:.1%}: "
+        _say(f"time: {total:.0f}s, outside the model {outside:.1f}s ({share['outside_model_share']:.1%}: "
                       + ", ".join(f"{k} {v:.1f}s" for k, v in parts.items()) + ")")
         write_json(self.out / "timing.json", share)
         return share
@@ -401,7 +401,7 @@ class Pipeline:
         scores = self.scores(seed)
         folder = self.out  # beside the run's report, which then shows the pilot study too
         scores_png, classes = plot_scores(scores.to_json(self.cfg.tickets.lambdas), folder)
-        console.print("unit classes (mean x variance across domains): "
+        _say("unit classes (mean x variance across domains): "
                       + ", ".join(f"{k} {v}" for k, v in classes.items()))
         model = load_saved(self.seed_dir(seed) / "erm" / "model", self.cfg.data.task).to(self.device)
         counts = activation_frequencies(model, self.data.train, self.cfg.train.eval_batch_size,
@@ -429,6 +429,12 @@ class Pipeline:
             if parts:
                 notes.append(f"{dom}: " + "; ".join(parts))
         return notes
+
+
+def _say(message: str) -> None:
+    """Print on the main process only."""
+    if is_writer():
+        console.print(message)
 
 
 def _comparable(section: dict[str, Any] | None) -> dict[str, Any] | None:

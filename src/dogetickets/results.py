@@ -105,6 +105,10 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
 
 
 def print_results(results: dict[str, Any]) -> None:
+    from dogetickets.io import is_writer
+
+    if not is_writer():
+        return
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
