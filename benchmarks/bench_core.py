@@ -72,7 +72,8 @@ def main() -> None:
 
     model = load_model("minilm", "text", splits.labels, 0)
     t0 = time.perf_counter()
-    expressive_scores(model, Units(model), task, train_data, 64, tok.pad_token_id, show_progress=False)
+    expressive_scores(model, Units(model), task, train_data, cfg.tickets.score_batch_size, tok.pad_token_id,
+                      show_progress=False)
     t_score = time.perf_counter() - t0
     scoring = n / t_score
     print(f"scoring (exact per-example gate gradients): {scoring:.1f} examples/s")

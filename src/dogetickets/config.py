@@ -86,6 +86,7 @@ class TicketConfig:
     normalize_heads: bool = True  # l2 within each layer (the paper)
     normalize_ffn: bool = True  # l2 across layers (the released code)
     max_score_per_domain: int = 0  # examples per domain for scoring; 0 = all training examples
+    score_batch_size: int = 16  # small length-sorted batches score fastest on CPU (benchmarks/bench_core.py)
 
 
 @dataclass
@@ -188,6 +189,7 @@ def _validate(cfg: Config) -> None:
     for key, value in (
         ("train.batch_size", cfg.train.batch_size),
         ("train.eval_batch_size", cfg.train.eval_batch_size),
+        ("tickets.score_batch_size", cfg.tickets.score_batch_size),
         ("model.max_length", cfg.model.max_length),
     ):
         if value <= 0:

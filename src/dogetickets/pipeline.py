@@ -183,7 +183,7 @@ class Pipeline:
             ])
             data = data.subset(np.sort(keep))
         raw = expressive_scores(
-            model, Units(model), self.data.task, data, self.cfg.train.eval_batch_size,
+            model, Units(model), self.data.task, data, self.cfg.tickets.score_batch_size,
             self.data.pad_id, self.device, self.show_progress,
         )
         t = self.cfg.tickets
