@@ -198,3 +198,43 @@ def test_quick_configs_end_to_end(tmp_path, data_dir, config, metric):
         assert isinstance(row["gold"], list) and isinstance(row["gold"][0], str)
     else:
         assert set(results["test_domains"]) == {"facetoface", "letters", "nineeleven", "oup", "verbatim"}
+
+
+@pytest.mark.slow
+def test_stage_commands_chain(tmp_path, data_dir):
+    """finetune -> score -> prune -> rewind -> evaluate, each on the artifacts of the one before."""
+    cfg = tmp_path / "chain.toml"
+    out = tmp_path / "run"
+    cfg.write_text(f"""
+[run]
+out = "{out}"
+[data]
+dir = "{data_dir}"
+train_domains = ["All_Beauty", "Gift_Cards"]
+test_domains = ["Software"]
+max_train_per_domain = 6
+max_eval_per_domain = 6
+[model]
+max_length = 32
+[train]
+epochs = 1
+batch_size = 6
+[tickets]
+methods = ["doge"]
+sparsities = [0.2]
+""")
+    res = doge("score", str(cfg), "-q")
+    _assert_one_line_error(res, "no fine-tuned model yet", "doge finetune")
+    res = doge("rewind", str(cfg), "-q")
+    _assert_one_line_error(res, "ticket not found", "doge prune")
+    for command in ("finetune", "score", "prune", "rewind"):
+        res = doge(command, str(cfg), "-q")
+        assert res.returncode == 0, (command, res.stderr[-3000:])
+    assert (out / "seed0/tickets/doge-s20-l100.json").is_file()
+    before = json.loads((out / "seed0/rewind/doge-s20-l100/metrics.json").read_text())
+    res = doge("evaluate", str(cfg), "-q", "--set", 'data.test_domains=["Software", "Automotive"]')
+    assert res.returncode == 0, res.stderr[-3000:]
+    after = json.loads((out / "seed0/rewind/doge-s20-l100/metrics.json").read_text())
+    assert set(after["test"]["per_domain"]) == {"Software", "Automotive"}
+    assert after["test"]["per_domain"]["Software"] == before["test"]["per_domain"]["Software"]
+    assert after["dev"] == before["dev"] and "Automotive" in res.stdout

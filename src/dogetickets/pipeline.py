@@ -82,6 +82,11 @@ class Pipeline:
         self.timing: dict[str, float] = {}  # seconds outside the model, by kind (this process)
         self.started = time.perf_counter()
 
+    def _say(self, message: str) -> None:
+        """Progress messages: on the main process, unless quiet."""
+        if self.show_progress:
+            console.print(message, soft_wrap=True)
+
     def _sync(self) -> None:
         """All processes agree on what is done before a stage starts (no-op on one process)."""
         get_accelerator(self.cfg.train.mixed_precision).wait_for_everyone()
@@ -126,7 +131,7 @@ class Pipeline:
         )
         self.timing["tokenize"] = time.perf_counter() - t0
         sizes = splits.sizes()
-        _say(
+        self._say(
             f"data: {cfg.data.task} task, {len(splits.labels)} labels; "
             + "; ".join(f"{k} {sum(v.values())} ({len(v)} domains)" for k, v in sizes.items())
         )
@@ -255,7 +260,7 @@ class Pipeline:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "log.jsonl").unlink(missing_ok=True)
         d = self.data
-        _say(f"[bold]seed {seed}: {info['name']}[/bold] ({objective}, sparsity {info['sparsity']:.1%})")
+        self._say(f"[bold]seed {seed}: {info['name']}[/bold] ({objective}, sparsity {info['sparsity']:.1%})")
         result = train(
             model, d.task, d.train, d.dev, self.cfg.train, make_objective(objective, self.cfg.irm), seed,
             d.pad_id, ticket_masks=masks, log_path=folder / "log.jsonl" if is_writer() else None,
@@ -385,7 +390,7 @@ class Pipeline:
         outside = sum(parts.values())
         share = {"total_seconds": total, "outside_model_seconds": outside,
                  "outside_model_share": outside / total if total else 0.0, **parts}
-        _say(f"time: {total:.0f}s, outside the model {outside:.1f}s ({share['outside_model_share']:.1%}: "
+        self._say(f"time: {total:.0f}s, outside the model {outside:.1f}s ({share['outside_model_share']:.1%}: "
                       + ", ".join(f"{k} {v:.1f}s" for k, v in parts.items()) + ")")
         write_json(self.out / "timing.json", share)
         return share
@@ -401,7 +406,7 @@ class Pipeline:
         scores = self.scores(seed)
         folder = self.out  # beside the run's report, which then shows the pilot study too
         scores_png, classes = plot_scores(scores.to_json(self.cfg.tickets.lambdas), folder)
-        _say("unit classes (mean x variance across domains): "
+        self._say("unit classes (mean x variance across domains): "
                       + ", ".join(f"{k} {v}" for k, v in classes.items()))
         model = load_saved(self.seed_dir(seed) / "erm" / "model", self.cfg.data.task).to(self.device)
         counts = activation_frequencies(model, self.data.train, self.cfg.train.eval_batch_size,
@@ -431,17 +436,15 @@ class Pipeline:
         return notes
 
 
-def _say(message: str) -> None:
-    """Print on the main process only."""
-    if is_writer():
-        console.print(message)
+# What may change between invocations on one run directory: where the data lives, and the test
+# domains (training never sees them; `doge evaluate` re-evaluates the saved models on new ones).
+FREE_KEYS = ("dir", "test_domains", "test_split", "notes")
 
 
 def _comparable(section: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A config section without what may differ between machines (where the data lives)."""
     if section is None:
         return None
-    return {k: v for k, v in section.items() if k != "dir"}
+    return {k: v for k, v in section.items() if k not in FREE_KEYS}
 
 
 def _save_model(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:
