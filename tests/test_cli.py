@@ -238,3 +238,8 @@ sparsities = [0.2]
     assert set(after["test"]["per_domain"]) == {"Software", "Automotive"}
     assert after["test"]["per_domain"]["Software"] == before["test"]["per_domain"]["Software"]
     assert after["dev"] == before["dev"] and "Automotive" in res.stdout
+    # the analyses of a fine-tuned model given as a folder, without any sweep in the output folder
+    res = doge("analyze", str(cfg), "-q", "--finetuned", str(out / "seed0/erm/model"), "--out", str(tmp_path / "an"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "HMHV" in res.stdout and (tmp_path / "an" / "pilot.png").is_file()
+    assert not (tmp_path / "an" / "seed0").exists()

@@ -144,10 +144,16 @@ def report(
 @app.command()
 def analyze(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, model: ModelOpt = None,
             set_: SetOpt = None, quiet: QuietOpt = False,
-            seed: Annotated[int, typer.Option("--seed", help="Which seed's fine-tuned model")] = 0) -> None:
-    """Expressive scores across domains (Fig. 4) and the pilot study (Fig. 1/6) of the fine-tuned model."""
+            seed: Annotated[int, typer.Option("--seed", help="Which seed's fine-tuned model")] = 0,
+            finetuned: Annotated[Path | None, typer.Option(
+                "--finetuned", help="A fine-tuned model folder to analyze instead of the run's ERM model")] = None,
+            ) -> None:
+    """Expressive scores across domains (Fig. 4) and the pilot study (Fig. 1/6) of a fine-tuned model."""
     pipe = _pipeline(config, data_dir, out, model, set_, quiet)
-    for path in pipe.analyze(seed):
+    paths, classes = pipe.analyze(seed, finetuned)
+    typer.echo("units by mean x variance of their scores across domains: "
+               + ", ".join(f"{k} {v}" for k, v in classes.items()))
+    for path in paths:
         typer.echo(str(path))
 
 

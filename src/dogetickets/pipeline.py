@@ -178,7 +178,13 @@ class Pipeline:
         erm = self.seed_dir(seed) / "erm"
         if not is_done(erm):
             raise DogeError(f"{erm}: no fine-tuned model yet (run `doge finetune` first)")
-        model = load_saved(erm / "model", self.cfg.data.task).to(self.device)
+        scores = self._score_model(load_saved(erm / "model", self.cfg.data.task), seed)
+        write_json(path, scores.to_json(self.cfg.tickets.lambdas))
+        mark_done(folder)
+        return scores
+
+    def _score_model(self, model: torch.nn.Module, seed: int) -> UnitScores:
+        model.to(self.device)
         data = self.data.train
         cap = self.cfg.tickets.max_score_per_domain
         if cap > 0:
@@ -192,10 +198,7 @@ class Pipeline:
             self.data.pad_id, self.device, self.show_progress,
         )
         t = self.cfg.tickets
-        scores = UnitScores.from_domain_scores(raw, t.normalize_heads, t.normalize_ffn)
-        write_json(path, scores.to_json(t.lambdas))
-        mark_done(folder)
-        return scores
+        return UnitScores.from_domain_scores(raw, t.normalize_heads, t.normalize_ffn)
 
     def shape(self, seed: int) -> Shape:
         model = load_saved(self.rewind_point(seed), self.cfg.data.task)
@@ -395,24 +398,30 @@ class Pipeline:
         write_json(self.out / "timing.json", share)
         return share
 
-    def analyze(self, seed: int) -> list[Path]:
-        """Fig. 4 (scores across domains) and Fig. 1/6 (pilot study) for one seed's fine-tuned model."""
+    def analyze(self, seed: int, finetuned: Path | None = None) -> tuple[list[Path], dict[str, int]]:
+        """Fig. 4 (scores across domains) and Fig. 1/6 (pilot study) of a fine-tuned model: the given
+        one, or this run's ERM model of `seed` (fine-tuned first if need be)."""
         from dogetickets.analysis import activation_frequencies
         from dogetickets.report.figures import plot_pilot, plot_scores
 
         self.init_dir()
-        self.rewind_point(seed)
-        self.baseline(seed, "erm")
-        scores = self.scores(seed)
+        if finetuned is not None:
+            model = load_saved(finetuned, self.cfg.data.task)
+            if model.config.num_labels != len(self.data.splits.labels):
+                raise DogeError(f"{finetuned}: a head with {model.config.num_labels} labels, the data has "
+                                f"{len(self.data.splits.labels)}")
+            scores = self._score_model(model, seed)
+        else:
+            self.rewind_point(seed)
+            self.baseline(seed, "erm")
+            scores = self.scores(seed)
+            model = load_saved(self.seed_dir(seed) / "erm" / "model", self.cfg.data.task)
         folder = self.out  # beside the run's report, which then shows the pilot study too
         scores_png, classes = plot_scores(scores.to_json(self.cfg.tickets.lambdas), folder)
-        self._say("unit classes (mean x variance across domains): "
-                      + ", ".join(f"{k} {v}" for k, v in classes.items()))
-        model = load_saved(self.seed_dir(seed) / "erm" / "model", self.cfg.data.task).to(self.device)
-        counts = activation_frequencies(model, self.data.train, self.cfg.train.eval_batch_size,
+        counts = activation_frequencies(model.to(self.device), self.data.train, self.cfg.train.eval_batch_size,
                                         self.data.pad_id, device=self.device, show_progress=self.show_progress)
         pilot_png = plot_pilot(counts, folder)
-        return [scores_png, pilot_png]
+        return [scores_png, pilot_png], classes
 
     def results(self) -> dict[str, Any]:
         from dogetickets.results import collect_results, write_results
