@@ -80,3 +80,27 @@ def random_batch(B: int = 4, T: int = 9, vocab: int = 100, labels: int = 3, tagg
         y = torch.randint(0, labels, (B,), generator=g)
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": y,
             "domain": torch.arange(B) % 2}
+
+
+def tiny_run_toml(out: Path, data_dir: Path, *, seeds: str = "[0]", max_length: int = 32,
+                  methods: str = '["doge"]', sparsities: str = "[0.2]") -> str:
+    """A run config on 6 reviews per domain of two Amazon domains: seconds per training."""
+    return f"""
+[run]
+out = "{out}"
+seeds = {seeds}
+[data]
+dir = "{data_dir}"
+train_domains = ["All_Beauty", "Gift_Cards"]
+test_domains = ["Software"]
+max_train_per_domain = 6
+max_eval_per_domain = 6
+[model]
+max_length = {max_length}
+[train]
+epochs = 1
+batch_size = 6
+[tickets]
+methods = {methods}
+sparsities = {sparsities}
+"""

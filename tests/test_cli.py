@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_run_toml
 
 AMAZON_A = """
 [data]
@@ -205,24 +206,7 @@ def test_stage_commands_chain(tmp_path, data_dir):
     """finetune -> score -> prune -> rewind -> evaluate, each on the artifacts of the one before."""
     cfg = tmp_path / "chain.toml"
     out = tmp_path / "run"
-    cfg.write_text(f"""
-[run]
-out = "{out}"
-[data]
-dir = "{data_dir}"
-train_domains = ["All_Beauty", "Gift_Cards"]
-test_domains = ["Software"]
-max_train_per_domain = 6
-max_eval_per_domain = 6
-[model]
-max_length = 32
-[train]
-epochs = 1
-batch_size = 6
-[tickets]
-methods = ["doge"]
-sparsities = [0.2]
-""")
+    cfg.write_text(tiny_run_toml(out, data_dir))
     res = doge("score", str(cfg), "-q")
     _assert_one_line_error(res, "no fine-tuned model yet", "doge finetune")
     res = doge("rewind", str(cfg), "-q")

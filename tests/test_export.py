@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    BertConfig,
     BertForSequenceClassification,
     BertForTokenClassification,
 )
@@ -39,20 +39,11 @@ SRC = Path(export_mod.__file__).resolve().parents[2]
 TOL = 1e-4
 
 
-def tiny_config(num_labels: int = 3) -> BertConfig:
-    return BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=37,
-        num_labels=num_labels,
-    )
-
-
 def tiny(cls: type = BertForSequenceClassification, seed: int = 0) -> torch.nn.Module:
+    """The shared tiny BERT, with BERT's default position table and dropout (eval mode anyway)."""
     torch.manual_seed(seed)
-    return cls(tiny_config()).eval()
+    config = tiny_config(max_position_embeddings=512, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    return cls(config).eval()
 
 
 def n_params(model: torch.nn.Module) -> int:

@@ -12,28 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_run_toml
 
 
 def _config(path: Path, out: Path, data_dir: Path) -> Path:
-    path.write_text(f"""
-[run]
-out = "{out}"
-seeds = [0, 1]
-[data]
-dir = "{data_dir}"
-train_domains = ["All_Beauty", "Gift_Cards"]
-test_domains = ["Software"]
-max_train_per_domain = 6
-max_eval_per_domain = 6
-[model]
-max_length = 48
-[train]
-epochs = 1
-batch_size = 6
-[tickets]
-methods = ["random", "doge"]
-sparsities = [0.3]
-""")
+    path.write_text(tiny_run_toml(out, data_dir, seeds="[0, 1]", max_length=48, methods='["random", "doge"]',
+                                  sparsities="[0.3]"))
     return path
 
 

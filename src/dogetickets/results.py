@@ -15,22 +15,15 @@ from rich.console import Console
 from rich.table import Table
 
 from dogetickets.errors import DogeError
-from dogetickets.io import atomic_write_text, is_done, read_json, write_json
+from dogetickets.io import atomic_write_text, read_json, write_json
+from dogetickets.report.collect import METHOD_ORDER, finished_run_dirs
 
-METHOD_ORDER = {"erm": 0, "irm": 1, "random": 2, "winning": 3, "doge": 4}
 METRIC_NAMES = {"accuracy": "accuracy", "entity_f1": "entity F1"}
-
-
-def finished_runs(out: Path) -> list[dict[str, Any]]:
-    runs = []
-    for path in sorted(Path(out).glob("seed*/**/metrics.json")):
-        if is_done(path.parent):
-            runs.append(read_json(path))
-    return runs
+_ORDER = {m: i for i, m in enumerate(METHOD_ORDER)}
 
 
 def collect_results(out: Path, notes: list[str] | None = None) -> dict[str, Any]:
-    runs = finished_runs(out)
+    runs = [read_json(folder / "metrics.json") for _, folder in finished_run_dirs(out)]
     if not runs:
         raise DogeError(f"{out}: no finished runs")
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -40,7 +33,7 @@ def collect_results(out: Path, notes: list[str] | None = None) -> dict[str, Any]
         groups.setdefault(key, []).append(r)
     domains = list(runs[0]["test"]["per_domain"])
     rows = []
-    for key in sorted(groups, key=lambda k: (METHOD_ORDER.get(k[0], 9), k[2], k[3] or 0.0, k[1])):
+    for key in sorted(groups, key=lambda k: (_ORDER.get(k[0], len(_ORDER)), k[2], k[3] or 0.0, k[1])):
         rs = groups[key]
         method, objective, target, lam = key
 

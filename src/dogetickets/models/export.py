@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from dogetickets.errors import DogeError
-from dogetickets.models.units import STRUCTURES, Structure, structure_for
+from dogetickets.models.units import STRUCTURES, Structure, get_module, layer_list, structure_for
 from dogetickets.tickets import Ticket
 
 # base model type -> transformers class names: config, base model, sequence / token classification
@@ -92,23 +92,13 @@ class SkippedFFN(nn.Module):
 
 
 # ---- structure surgery -------------------------------------------------------------------------------
-def _get(module: nn.Module, dotted: str) -> Any:
-    for part in dotted.split("."):
-        module = getattr(module, part)
-    return module
-
-
 def _set(module: nn.Module, dotted: str, new: nn.Module) -> None:
     parent, _, name = dotted.rpartition(".")
-    setattr(_get(module, parent) if parent else module, name, new)
+    setattr(get_module(module, parent) if parent else module, name, new)
 
 
 def _parent(dotted: str) -> str:
     return dotted.rpartition(".")[0]
-
-
-def _layers(model: nn.Module, structure: Structure) -> list[nn.Module]:
-    return list(_get(model.base_model, structure.layers))
 
 
 def _sliced_linear(lin: nn.Linear, idx: torch.Tensor, dim: int, copy: bool) -> nn.Linear:
@@ -133,9 +123,9 @@ def _prune_heads(layer: nn.Module, s: Structure, keep: list[int], head_dim: int,
     idx = torch.tensor([h * head_dim + j for h in keep for j in range(head_dim)], dtype=torch.long)
     for which in ("query", "key", "value"):
         path = getattr(s, which)
-        _set(layer, path, _sliced_linear(_get(layer, path), idx, 0, copy))
-    _set(layer, s.attn_out, _sliced_linear(_get(layer, s.attn_out), idx, 1, copy))
-    attn = _get(layer, _parent(s.query))  # the module whose forward splits heads
+        _set(layer, path, _sliced_linear(get_module(layer, path), idx, 0, copy))
+    _set(layer, s.attn_out, _sliced_linear(get_module(layer, s.attn_out), idx, 1, copy))
+    attn = get_module(layer, _parent(s.query))  # the module whose forward splits heads
     for attr in ("num_attention_heads", "n_heads", "num_heads"):
         if isinstance(getattr(attn, attr, None), int):
             setattr(attn, attr, len(keep))
@@ -148,7 +138,7 @@ def _remove_ffn(layer: nn.Module, s: Structure) -> None:
     if ffn_in == ffn_out:  # one module computes the block, its output added to the residual outside
         _set(layer, ffn_in, SkippedFFN())
         return
-    out_block = _get(layer, ffn_out)
+    out_block = get_module(layer, ffn_out)
     norm = getattr(out_block, "LayerNorm", None)
     if not isinstance(norm, nn.LayerNorm):
         raise DogeError(f"cannot remove the FFN block of {type(layer).__name__}: no LayerNorm in its output")
@@ -161,14 +151,14 @@ def _restructure(model: nn.Module, heads: list[list[int]], ffn: list[bool], copy
     config = model.config
     s = structure_for(_base_type(config))
     num_heads = int(getattr(config, s.heads_attr))
-    layers = _layers(model, s)
+    layers = layer_list(model, s)
     if len(heads) != len(layers) or len(ffn) != len(layers):
         raise DogeError(
             f"pruned structure has {len(heads)} head lists and {len(ffn)} FFN flags for {len(layers)} layers"
         )
     for layer, keep, keep_ffn in zip(layers, heads, ffn, strict=True):
         if list(keep) != list(range(num_heads)):
-            head_dim = _get(layer, s.attn_out).out_features // num_heads
+            head_dim = get_module(layer, s.attn_out).out_features // num_heads
             _prune_heads(layer, s, list(keep), head_dim, copy)
         if not keep_ffn:
             _remove_ffn(layer, s)
@@ -176,7 +166,7 @@ def _restructure(model: nn.Module, heads: list[list[int]], ffn: list[bool], copy
 
 def encoder_layers(model: nn.Module) -> list[nn.Module]:
     """The encoder's layer modules of a stock or exported model."""
-    return _layers(model, structure_for(_base_type(model.config)))
+    return layer_list(model, structure_for(_base_type(model.config)))
 
 
 def _base_type(config: Any) -> str:
@@ -281,7 +271,7 @@ def export_pruned(model: nn.Module, ticket: Ticket, where: str = "ticket") -> nn
         raise DogeError(f"cannot export a {cls_name}: only the base encoder and sequence/token classification models")
     s = structure_for(base)
     num_heads = int(getattr(config, s.heads_attr))
-    num_layers = len(_layers(model, s))
+    num_layers = len(layer_list(model, s))
     check_ticket(ticket, num_layers, num_heads, where)
 
     pruned = {int(k): set(v) for k, v in ticket.pruned_heads.items()}

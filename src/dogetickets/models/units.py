@@ -77,10 +77,16 @@ def structure_for(model_type: str) -> Structure:
     return STRUCTURES[model_type]
 
 
-def _get(module: nn.Module, dotted: str) -> nn.Module:
+def get_module(module: nn.Module, dotted: str) -> nn.Module:
+    """The submodule at a dotted path ("attention.output.dense")."""
     for part in dotted.split("."):
         module = getattr(module, part)
     return module
+
+
+def layer_list(model: nn.Module, structure: Structure) -> list[nn.Module]:
+    """The encoder's layers, in order."""
+    return list(get_module(model.base_model, structure.layers))
 
 
 class Units:
@@ -91,8 +97,7 @@ class Units:
         base_type = getattr(config, "doge_base_model_type", None) or config.model_type
         self.structure = structure_for(base_type)
         self.model = model
-        base = model.base_model
-        self.layers: list[nn.Module] = list(_get(base, self.structure.layers))
+        self.layers: list[nn.Module] = layer_list(model, self.structure)
         self.num_layers = len(self.layers)
         self.num_heads = int(getattr(config, self.structure.heads_attr))
         hidden = self.layer_module(0, "attn_out").out_features
@@ -101,7 +106,7 @@ class Units:
         self.intermediate_size = self.layer_module(0, "ffn_in").out_features
 
     def layer_module(self, layer: int, which: str) -> nn.Linear:
-        return _get(self.layers[layer], getattr(self.structure, which))  # type: ignore[return-value]
+        return get_module(self.layers[layer], getattr(self.structure, which))  # type: ignore[return-value]
 
     # ---- parameter accounting -------------------------------------------------------------
     def head_params(self) -> int:
