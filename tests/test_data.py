@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -178,10 +179,11 @@ def test_length_bucketed_batches_cover_everything_once():
 
 
 def test_label_outside_the_set(tmp_path):
-    (tmp_path / "d.jsonl").write_text(json.dumps({"text": "x", "label": "maybe", "domain": "a"}) + "\n")
+    rows = [{"text": "x", "label": "maybe", "domain": "a"}, {"text": "y", "label": "no", "domain": "b"}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DogeError, match=r"d.jsonl:1: label 'maybe' is not in the label set"):
         load_splits(cfg_for(source="file", path=str(tmp_path / "d.jsonl"), labels=["no", "yes"],
-                            train_domains=["a"], test_domains=["a"]))
+                            train_domains=["a"], test_domains=["b"]))
 
 
 def test_pair_truncation_is_longest_first():
@@ -197,3 +199,223 @@ def test_pair_truncation_is_longest_first():
     # the hypothesis survives whole (3 words + [SEP]); the premise took the cut
     assert tok.decode(second[:-1]) == "short hypothesis here"
     assert ids.count(tok.sep_token_id) == 2
+
+
+# ---- labels: one type, stray values refused, fixed lists --------------------------------------
+
+
+def refused(pattern: str, cfg, **kw) -> str:
+    """load_splits fails with a one-line DogeError matching `pattern`."""
+    with pytest.raises(DogeError, match=pattern) as info:
+        load_splits(cfg, **kw)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def file_cfg(path, **data):
+    return cfg_for(source="file", path=str(path), train_domains=["a"], test_domains=["b"], **data)
+
+
+def labelled(values, n=300):
+    """n rows per domain (a, b) cycling through `values` as labels."""
+    return [{"text": f"text {i}", "label": values[i % len(values)], "domain": dom}
+            for dom in ("a", "b") for i in range(n)]
+
+
+@pytest.mark.parametrize(("pairs", "expected"), [
+    ([(2, "2"), ("2", "2"), (2.0, "2"), ("02", "2"), (1, "1"), ("1", "1"), (True, "1"), (1.0, "1")], ["1", "2"]),
+    ([(10, "10"), (2, "2"), (1, "1")], ["1", "2", "10"]),
+    ([("10", "10"), ("9.50", "9.5"), (9.5, "9.5"), (2, "2")], ["2", "9.5", "10"]),
+    ([(False, "0"), (True, "1")], ["0", "1"]),
+    ([("pos", "pos"), ("neg", "neg")], ["neg", "pos"]),
+])
+def test_label_values_have_one_type(tmp_path, pairs, expected):
+    values = [v for v, _ in pairs]
+    s = load_splits(file_cfg(write_jsonl(tmp_path / "d.jsonl", labelled(values, 40))))
+    assert s.labels == expected
+    names = [s.labels[x.label] for x in s.test["b"]]
+    assert names == [pairs[i % len(pairs)][1] for i in range(40)]
+
+
+@pytest.mark.parametrize(("bad", "pattern"), [
+    ([1, 2], r"d.jsonl:3: label is a list, not a name or a number \(a list of tags is for data.task = 'tagging'\)"),
+    ({"x": 1}, r"d.jsonl:3: label is a dict"),
+    (float("nan"), r"d.jsonl:3: label is NaN \(a missing value\)"),
+    (float("inf"), r"d.jsonl:3: label inf is not a name or a finite number"),
+    ("", r"d.jsonl:3: empty label"),
+    ("  ", r"d.jsonl:3: empty label"),
+    (None, r"d.jsonl:3: field 'label' has no value"),
+])
+def test_bad_label_values(tmp_path, bad, pattern):
+    rows = labelled(["pos", "neg"], 10)
+    rows[2]["label"] = bad
+    refused(pattern, file_cfg(write_jsonl(tmp_path / "d.jsonl", rows)))
+
+
+@pytest.mark.parametrize(("stray", "pattern"), [
+    ("Pos", r"d.jsonl:124: label 'Pos' \(1x\) differs from 'pos' \(300x\) only in case or surrounding spaces"),
+    ("pos ", r"d.jsonl:124: label 'pos ' \(1x\) differs from 'pos' \(300x\) only in case or surrounding spaces"),
+    ("neutral", r"d.jsonl:124: label 'neutral' occurs only 1 time\(s\) in 600 examples"),
+    (7, r"d.jsonl:124: label '7' occurs only 1 time\(s\) in 600 examples"),
+])
+def test_stray_labels_refused_when_inferred(tmp_path, stray, pattern):
+    rows = labelled(["pos", "neg"])
+    rows[123]["label"] = stray  # "neg" otherwise
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    assert refused(pattern, file_cfg(path)).endswith("fix the data or set data.labels explicitly")
+    if stray == "neutral":  # a label named in data.labels is wanted, however rare
+        assert load_splits(file_cfg(path, labels=["neg", "pos", "neutral"])).labels == ["neg", "pos", "neutral"]
+    else:
+        refused(rf"d.jsonl:124: label '{stray}' is not in the label set", file_cfg(path, labels=["neg", "pos"]))
+
+
+def test_rare_labels_in_tiny_data_are_fine(tmp_path):
+    rows = labelled(["pos", "neg"], 20)
+    rows[3]["label"] = "neutral"
+    assert load_splits(file_cfg(write_jsonl(tmp_path / "d.jsonl", rows))).labels == ["neg", "neutral", "pos"]
+
+
+def test_tagging_case_variants_refused_rare_types_kept(tmp_path):
+    rows = [{"text": "Alice met Bob", "label": ["B-PER", "O", "B-PER"], "domain": dom}
+            for dom in ("a", "b") for _ in range(300)]
+    rows[7]["label"] = ["B-PER", "O", "B-LOC"]  # one location in 600 sentences: rare entity types are normal
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    assert load_splits(file_cfg(path, task="tagging")).labels == ["O", "B-LOC", "B-PER"]
+    rows[9]["label"] = ["b-per", "O", "O"]
+    write_jsonl(path, rows)
+    refused(r"d.jsonl:10: label 'b-per' \(1x\) differs from 'B-PER' \(\d+x\) only in case",
+            file_cfg(path, task="tagging"))
+
+
+def test_released_ontonotes_has_one_fixed_tag_set(data_dir):
+    from dogetickets.data.sources import ONTONOTES_TYPES, RELEASED_LABELS
+
+    tags = RELEASED_LABELS["ontonote"]
+    assert len(ONTONOTES_TYPES) == 18 and len(tags) == 37 == len(set(tags))
+    assert tags == ["O", *sorted(set(tags) - {"O"}, key=lambda t: (t[2:], t[:2]))]  # the inferred order
+    seen: set[str] = set()
+    for path in sorted((data_dir / "ontonote").glob("*/*.json")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            seen.update(json.loads(line)["label"])
+    assert seen == set(tags)
+    # pt has no entities at all and wb lacks some types: the label ids are still the full set
+    a = load_splits(cfg_for(dir=str(data_dir), dataset="ontonote", task="tagging",
+                            train_domains=["pt"], test_domains=["wb"]))
+    assert a.labels == tags
+
+
+def test_labels_from_the_run_come_first(data_dir, tmp_path):
+    amazon = ["negative", "positive", "neutral"]
+    s = load_splits(cfg_for(dir=str(data_dir), max_train_per_domain=5, max_eval_per_domain=5, **AMAZON_A),
+                    labels=amazon)
+    assert s.labels == amazon and {x.label for x in s.test["Software"]} <= {0, 1, 2}
+    # a tag the run's list lacks (a new test domain) names the file, line and tag
+    msg = refused(r"ontonote/wb/test\.json:\d+: label '[BI]-\w+' is not in the label set of this run",
+                  cfg_for(dir=str(data_dir), dataset="ontonote", task="tagging", train_domains=["pt"],
+                          test_domains=["wb"]), labels=["O"])
+    assert "(O)" in msg
+    # the argument beats data.labels; numeric names are names, not ids
+    path = write_jsonl(tmp_path / "d.jsonl", labelled(["x", "y"], 4))
+    s = load_splits(file_cfg(path, labels=["x", "y"]), labels=["y", "x"])
+    assert s.labels == ["y", "x"] and [x.label for x in s.test["b"]] == [1, 0, 1, 0]
+    path = write_jsonl(tmp_path / "d.jsonl", labelled([1, 2, 3], 3))
+    s = load_splits(file_cfg(path, labels=["1", "2", "3"]))
+    assert [x.label for x in s.test["b"]] == [0, 1, 2]
+    refused(r"this run \(saved in its directory\): the label list is empty", file_cfg(path), labels=[])
+
+
+# ---- file errors: one line, naming the physical line ------------------------------------------
+
+CSV_HEAD = b"text,label,domain\n"
+
+
+def _parquet(rows):
+    def write(path):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows) if rows else pa.table({"text": pa.array([], pa.string())}), path)
+    return write
+
+
+@pytest.mark.parametrize(("name", "content", "pattern"), [
+    ("d.jsonl", b'{"text": "a", "label": "pos", "domain": "a"}\n\n{"text": "caf\xe9", "label": "pos"}\n',
+     r"d.jsonl:3: not valid UTF-8 \(byte 0xe9\)"),
+    ("d.json", b'{"text": "a", "label": "pos", "domain": "a"}\n\xff\n', r"d.json:2: not valid UTF-8 \(byte 0xff\)"),
+    ("d.csv", CSV_HEAD + b'"multi\nline",pos,a\ncaf\xe9,pos,b\n', r"d.csv:4: not valid UTF-8"),
+    ("d.tsv", b"text\tlabel\tdomain\nok\tpos\ta\ncaf\xe9\tpos\tb\n", r"d.tsv:3: not valid UTF-8"),
+    ("d.parquet", b"PAR1 this is not parquet", r"d.parquet: not a readable Parquet file \("),
+    ("d.csv", CSV_HEAD + b'"two\nlines",pos,a\none,maybe,b\n', r"d.csv:4: label 'maybe' is not in the label set"),
+    ("d.csv", CSV_HEAD + b'"two\r\nlines",pos,a\r\n\r\none,pos,b,extra\r\n',
+     r"d.csv:5: 4 fields where the header has 3 \(check the quoting\)"),
+    ("d.csv", CSV_HEAD + b"ok,pos,a\nshort,b\n", r"d.csv:3: 2 fields where the header has 3"),
+    ("d.csv", b"text,label,label\nok,pos,a\n", r"d.csv:1: column 'label' appears twice in the header"),
+    ("d.csv", CSV_HEAD + b"ok,pos,a\nblank,,b\n", r"d.csv:3: empty label"),
+    ("d.jsonl", b"", r"d.jsonl: no data rows \(empty file\)"),
+    ("d.jsonl", b"\n  \n", r"d.jsonl: no data rows \(empty file\)"),
+    ("d.csv", CSV_HEAD, r"d.csv: no data rows \(empty file\)"),
+    ("d.parquet", _parquet([]), r"d.parquet: no data rows \(empty file\)"),
+    ("d.json", b'[{"text": "a", "label": "pos", "domain": "a"}]\n',
+     r"d.json:1: expected one JSON object per line, got a list"),
+    ("d.jsonl", b'{"text": 5, "label": "pos", "domain": "a"}\n', r"d.jsonl:1: field 'text' is not a string \(int\)$"),
+    ("d.parquet", _parquet([{"text": "a", "label": "pos", "domain": "a"}, {"text": "b", "label": None, "domain": "b"}]),
+     r"d.parquet:row 1: field 'label' has no value"),
+    ("d.parquet", _parquet([{"text": "a", "label": 1.0, "domain": "a"},
+                            {"text": "b", "label": math.nan, "domain": "b"}]),
+     r"d.parquet:row 1: label is NaN"),
+])
+def test_file_errors_are_one_line(tmp_path, name, content, pattern):
+    path = tmp_path / name
+    content(path) if callable(content) else path.write_bytes(content)
+    refused(pattern, file_cfg(path, labels=["pos", "neg"]))
+
+
+def test_tagging_text_must_be_a_string(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": ["EU", "rejects"], "label": ["B-ORG", "O"], "domain": "a"}])
+    refused(r"d.jsonl:1: field 'text' is not a string \(list\) \(join the tokens with single spaces\)",
+            file_cfg(path, task="tagging"))
+
+
+def test_bom_and_crlf_files_load(tmp_path):
+    (tmp_path / "d.csv").write_bytes(b"\xef\xbb\xbftext,label,domain\r\nz,neg,b\r\n" + b'"x, y",pos,a\r\n' * 3)
+    (tmp_path / "d.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "z", "label": "neg", "domain": "b"}\r\n'
+                                       + b'{"text": "x, y", "label": "pos", "domain": "a"}\r\n' * 3)
+    for name in ("d.csv", "d.jsonl"):
+        s = load_splits(file_cfg(tmp_path / name))
+        assert s.labels == ["neg", "pos"] and s.test["b"][0].text == "z" and s.train["a"][0].text == "x, y"
+
+
+@pytest.mark.parametrize("name", ["d.jsonl", "d.csv", "d.parquet"])
+def test_unreadable_file_or_directory(tmp_path, monkeypatch, name):
+    path = tmp_path / name
+    path.write_bytes(b"x")
+    cfg = file_cfg(path)
+
+    def denied(*_args, **_kw):
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as m:  # tests may run as root, where chmod does not stop reading
+        m.setattr("pathlib.Path.read_bytes", denied)
+        m.setattr("pathlib.Path.open", denied)
+        refused(rf"{name}: cannot read \(Permission denied\)", cfg)
+    (tmp_path / "dir.jsonl").mkdir()
+    refused(r"dir.jsonl: is a directory; data.path names one", file_cfg(tmp_path / "dir.jsonl"))
+
+
+def test_released_layout_file_errors(tmp_path):
+    for dom, split in (("a", "train"), ("a", "dev"), ("b", "test")):
+        (tmp_path / "amazon" / dom).mkdir(parents=True, exist_ok=True)
+        write_jsonl(tmp_path / "amazon" / dom / f"{split}.json", [{"text": "t", "label": i % 3} for i in range(6)])
+    cfg = cfg_for(dir=str(tmp_path), train_domains=["a"], test_domains=["b"])
+    assert load_splits(cfg).sizes()["test"] == {"b": 6}
+    with (tmp_path / "amazon" / "a" / "train.json").open("ab") as f:
+        f.write(b'{"text": "\xff", "label": 0}\n')
+    refused(r"amazon/a/train\.json:7: not valid UTF-8", cfg)
+    (tmp_path / "amazon" / "a" / "train.json").unlink()
+    (tmp_path / "amazon" / "a" / "train.json").mkdir()
+    refused(r"amazon/a/train\.json: is a directory, not a data file \(domain 'a', split 'train'\)", cfg)
