@@ -47,13 +47,21 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def read_json_or_none(path: Path) -> Any:
+    """The JSON in `path`, or None if it is missing or damaged (truncated, not JSON, not UTF-8)."""
+    try:
+        return read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
 def is_done(folder: Path) -> bool:
     return (Path(folder) / DONE).is_file()
 
 
-def mark_done(folder: Path) -> None:
-    """The completion marker, written last."""
-    atomic_write_text(Path(folder) / DONE, "")
+def mark_done(folder: Path, settings: dict[str, Any] | None = None) -> None:
+    """The completion marker, written last; it records the settings that produced the stage."""
+    atomic_write_text(Path(folder) / DONE, json.dumps(settings or {}, indent=1, sort_keys=True) + "\n")
 
 
 def clear_done(folder: Path) -> None:

@@ -1,22 +1,16 @@
-"""The protocol as stages with artifacts in a run directory; completed stages are skipped.
+"""The protocol as stages with artifacts in a run directory (its layout: `dogetickets.rundir`).
 
-    <out>/config.toml                         the resolved config
-    <out>/seed<k>/init/                       the rewind point: pretrained weights + seeded task head
-    <out>/seed<k>/erm/, irm/                  baselines: model/, metrics.json, predictions.jsonl, DONE
-    <out>/seed<k>/scores/scores.json          per-domain expressive scores and the combined scores
-    <out>/seed<k>/tickets/<name>.json         one ticket per method x sparsity (x lambda)
-    <out>/seed<k>/rewind/<name>/              ticket.json, model/, metrics.json, predictions.jsonl, DONE
-    <out>/results.json, results.md            the table
-
-Every stage folder gets its DONE marker last, and files are written atomically, so a killed run
-resumes where it stopped and never takes a half-written stage for a finished one. Data flow:
-data -> units -> scores -> tickets -> training -> evaluation -> report.
+Every stage records the settings that produced it in its DONE marker, written last, and is reused
+only under exactly those settings: a killed run resumes where it stopped, a changed setting redoes
+what it feeds, and adding seeds, sparsities, lambdas or methods reuses everything finished. Data
+flow: data -> units -> scores -> tickets -> training -> evaluation -> report.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 import tomllib
 from dataclasses import dataclass
@@ -30,7 +24,7 @@ import torch
 from dogetickets.config import Config
 from dogetickets.data.sources import Splits, load_splits
 from dogetickets.data.tasks import Encoded, Task, make_task
-from dogetickets.errors import DogeError
+from dogetickets.errors import DogeError, TrainingFailed
 from dogetickets.evaluate import metrics, predict, prediction_rows
 from dogetickets.io import (
     atomic_write_text,
@@ -39,12 +33,14 @@ from dogetickets.io import (
     is_writer,
     mark_done,
     read_json,
+    read_json_or_none,
     set_writer,
     write_json,
 )
 from dogetickets.models.resolve import load_model, load_saved, load_tokenizer
 from dogetickets.models.units import Units
 from dogetickets.progress import console, sweep_progress
+from dogetickets.rundir import RunLayout, RunLock, changed_setting, recorded
 from dogetickets.scoring import UnitScores, expressive_scores
 from dogetickets.tickets import Shape, Ticket, random_ticket, select, ticket_name
 from dogetickets.training.loop import get_accelerator, train
@@ -54,6 +50,9 @@ SAVE_SECONDS = [0.0]  # time spent saving models in this process (for the time r
 
 # Sections whose change makes earlier results incomparable; the rest (tickets, seeds) may grow.
 FIXED_SECTIONS = ("model", "data", "train", "irm")
+RUN_FILES = ("model/model.safetensors", "metrics.json", "predictions.jsonl")  # a finished training's files
+TIMING_KEYS = ("seconds", "train_examples_per_s")  # kept out of metrics.json, which is deterministic
+TicketSpec = tuple[str, float, float | None]  # method, target sparsity, lambda (doge only)
 
 
 @dataclass
@@ -75,17 +74,26 @@ class Prepared:
 class Pipeline:
     def __init__(self, cfg: Config, show_progress: bool = True) -> None:
         self.cfg = cfg
-        self.out = Path(cfg.run.out)
+        self.layout = RunLayout(Path(cfg.run.out))
+        self.out = self.layout.root
         acc = get_accelerator(cfg.train.mixed_precision)
         set_writer(acc.is_main_process)
         self.show_progress = show_progress and acc.is_main_process
         self.timing: dict[str, float] = {}  # seconds outside the model, by kind (this process)
         self.started = time.perf_counter()
+        self.failed: dict[str, str] = {}  # run -> why, for the runs of a sweep that failed
+        self._lock = RunLock(self.layout.lock)
+        self._scores: dict[int, UnitScores] = {}
 
     def _say(self, message: str) -> None:
         """Progress messages: on the main process, unless quiet."""
         if self.show_progress:
             console.print(message, soft_wrap=True)
+
+    def _warn(self, message: str) -> None:
+        """What the user must know even when quiet (a stage redone, a run failed): one line on stderr."""
+        if is_writer():
+            print(f"note: {message}", file=sys.stderr, flush=True)
 
     def _sync(self) -> None:
         """All processes agree on what is done before a stage starts (no-op on one process)."""
@@ -93,31 +101,49 @@ class Pipeline:
 
     # ---- set-up ------------------------------------------------------------------------------
     def init_dir(self) -> None:
-        """Create the run directory with its config; refuse a directory holding another run."""
+        """Create (or reopen) the run directory: lock it, check it holds this run, write config and labels."""
         self.data  # noqa: B018 - read and check the data before anything is written
-        path = self.out / "config.toml"
+        path = self.layout.config
         new = self.cfg.to_dict()
         if path.is_file():
-            old = tomllib.loads(path.read_text(encoding="utf-8"))
+            try:
+                old = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+                raise DogeError(f"{path}: damaged ({str(exc).splitlines()[0]}); delete it to adopt this config "
+                                "(finished stages are kept where their recorded settings still match)") from None
             for section in FIXED_SECTIONS:
-                if _comparable(old.get(section)) != _comparable(new.get(section)):
-                    raise DogeError(
-                        f"{self.out}: holds a run whose [{section}] differs from this config; "
-                        "use another run.out (or delete the folder)"
-                    )
+                why = changed_setting({section: _comparable(old.get(section)) or {}},
+                                      {section: _comparable(new.get(section)) or {}})
+                if why:
+                    raise DogeError(f"{self.out}: holds a run whose {why} differs from this config; "
+                                    "use another run.out (or delete the folder)")
         if is_writer():
-            self.out.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+        if not self.layout.labels.is_file():
+            write_json(self.layout.labels, {"task": self.cfg.data.task, "labels": self.labels})
         text = self.cfg.to_toml()
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             atomic_write_text(path, text)
+
+    def _saved_labels(self) -> list[str] | None:
+        """The label list the run directory fixed at its first stage, if any."""
+        path = self.layout.labels
+        if not path.is_file():
+            return None
+        raw = read_json_or_none(path)
+        if not isinstance(raw, dict) or not isinstance(raw.get("labels"), list) or not raw["labels"]:
+            raise DogeError(f"{path}: damaged; delete it (the labels are derived again from the data and "
+                            "checked against every saved model's id2label)")
+        return [str(x) for x in raw["labels"]]
 
     @cached_property
     def data(self) -> Prepared:
         cfg = self.cfg
         t0 = time.perf_counter()
-        splits = load_splits(cfg)
+        splits = load_splits(cfg, labels=self._saved_labels())
         task = make_task(cfg.data.task, splits.labels)
         tok = load_tokenizer(cfg.model.name)
+        _check_max_length(cfg)
         self.timing["read data"] = time.perf_counter() - t0
         n = cfg.model.max_length
         t0 = time.perf_counter()
@@ -138,49 +164,121 @@ class Pipeline:
         return prepared
 
     @property
+    def labels(self) -> list[str]:
+        return self.data.splits.labels
+
+    @property
     def device(self) -> torch.device:
         return get_accelerator(self.cfg.train.mixed_precision).device
 
     def seed_dir(self, seed: int) -> Path:
-        return self.out / f"seed{seed}"
+        return self.layout.seed(seed)
+
+    # ---- the settings each artifact records (and is reused under only) ----------------------------
+    def _init_settings(self, seed: int) -> dict[str, Any]:
+        return {"model": self.cfg.model.name, "task": self.cfg.data.task, "labels": self.labels, "seed": seed}
+
+    def _train_settings(self, seed: int, objective: str) -> dict[str, Any]:
+        """A training: its starting point, its data, its hyper-parameters and objective."""
+        cfg = self.cfg
+        train = {k: v for k, v in cfg.to_dict()["train"].items() if k != "objective"}
+        out = {"init": self._init_settings(seed), "data": _comparable(cfg.to_dict()["data"]),
+               "max_length": cfg.model.max_length, "train": train, "objective": objective}
+        if objective == "irm":
+            out["irm"] = cfg.to_dict()["irm"]
+        return out
+
+    def _scores_settings(self, seed: int) -> dict[str, Any]:
+        t = self.cfg.tickets
+        return {"finetuned": self._train_settings(seed, "erm"), "normalize_heads": t.normalize_heads,
+                "normalize_ffn": t.normalize_ffn, "max_score_per_domain": t.max_score_per_domain}
+
+    def _ticket_settings(self, seed: int, spec: TicketSpec) -> dict[str, Any]:
+        method, sparsity, lam = spec
+        source = self._init_settings(seed) if method == "random" else self._scores_settings(seed)
+        return {"method": method, "target_sparsity": sparsity, "lambda": lam, "seed": seed, "from": source}
+
+    def _eval_settings(self) -> dict[str, Any]:
+        """What the test numbers of metrics.json were computed on (may change on a finished run)."""
+        return {"test_domains": list(self.cfg.data.test_domains), "test_split": self.cfg.data.test_split}
+
+    def _finished(self, folder: Path, settings: dict[str, Any], files: tuple[str, ...] = (),
+                  redo: bool = True) -> bool:
+        """True when the stage in `folder` is done under exactly `settings` with its `files` intact.
+
+        Otherwise (with `redo`) says why the stage is done again, and clears its DONE marker."""
+        rec = recorded(folder)
+        if rec is None:
+            return False
+        if not rec:
+            why = "its DONE marker records no settings"
+        elif (change := changed_setting(rec, settings)) is not None:
+            why = f"a setting changed: {change}"
+        elif bad := [f for f in files if not _intact(folder / f)]:
+            why = f"{folder / bad[0]} is missing or damaged"
+        else:
+            return True
+        if redo:
+            self._warn(f"{folder}: redoing this stage ({why})")
+            clear_done(folder)
+        return False
+
+    def _load(self, folder: Path) -> torch.nn.Module:
+        """A model this run saved, checked against the run's label list."""
+        model = load_saved(folder, self.cfg.data.task)
+        n = int(model.config.num_labels)
+        got = [str(model.config.id2label.get(i, model.config.id2label.get(str(i), i))) for i in range(n)]
+        if got != self.labels:
+            raise DogeError(f"{folder}: its labels ({', '.join(got)}) are not the run's ({', '.join(self.labels)}, "
+                            f"in {self.layout.labels})")
+        return model
 
     # ---- stages ------------------------------------------------------------------------------
     def rewind_point(self, seed: int) -> Path:
         """Pretrained weights + the task head initialised from `seed`, saved before any training."""
         self._sync()
-        folder = self.seed_dir(seed) / "init"
-        if not is_done(folder):
-            model = load_model(self.cfg.model.name, self.cfg.data.task, self.data.splits.labels, seed)
+        folder = self.layout.init(seed)
+        settings = self._init_settings(seed)
+        if not self._finished(folder, settings, ("config.json", "model.safetensors")):
+            model = load_model(self.cfg.model.name, self.cfg.data.task, self.labels, seed)
             _save_model(model, self.data.tokenizer, folder)
-            mark_done(folder)
+            mark_done(folder, settings)
         return folder
 
     def baseline(self, seed: int, objective: str) -> Path:
         """Fine-tune from the rewind point with an objective (erm, irm), then evaluate."""
         self._sync()
-        folder = self.seed_dir(seed) / objective
-        if is_done(folder):
+        folder = self.layout.baseline(seed, objective)
+        settings = self._train_settings(seed, objective)
+        if self._finished(folder, settings, RUN_FILES) and self._evaluated(folder, settings):
             return folder
-        init = self.rewind_point(seed)
-        model = load_saved(init, self.cfg.data.task)
+        model = self._load(self.rewind_point(seed))
         info = {"name": objective, "method": objective, "objective": objective, "seed": seed,
                 "target_sparsity": 0.0, "sparsity": 0.0, "lambda": None}
-        self._train_and_evaluate(model, folder, info, seed, objective, None, keep_model=True)
+        self._train_and_evaluate(model, folder, info, seed, objective, None, True, settings)
         return folder
 
     def scores(self, seed: int) -> UnitScores:
         """Per-domain expressive scores of the fine-tuned (ERM) model on the training domains."""
         self._sync()
-        folder = self.seed_dir(seed) / "scores"
-        path = folder / "scores.json"
-        if is_done(folder):
-            return UnitScores.from_json(read_json(path))
-        erm = self.seed_dir(seed) / "erm"
-        if not is_done(erm):
+        if seed in self._scores:
+            return self._scores[seed]
+        folder = self.layout.scores_dir(seed)
+        settings = self._scores_settings(seed)
+        if self._finished(folder, settings, ("scores.json",)):
+            try:
+                self._scores[seed] = UnitScores.from_json(read_json(self.layout.scores(seed)))
+                return self._scores[seed]
+            except (KeyError, TypeError, ValueError):
+                self._warn(f"{self.layout.scores(seed)}: damaged; scoring again")
+        erm = self.layout.baseline(seed, "erm")
+        if not self._finished(erm, self._train_settings(seed, "erm"), RUN_FILES, redo=False):
             raise DogeError(f"{erm}: no fine-tuned model yet (run `doge finetune` first)")
-        scores = self._score_model(load_saved(erm / "model", self.cfg.data.task), seed)
-        write_json(path, scores.to_json(self.cfg.tickets.lambdas))
-        mark_done(folder)
+        clear_done(folder)
+        scores = self._score_model(self._load(erm / "model"), seed)
+        write_json(self.layout.scores(seed), scores.to_json(self.cfg.tickets.lambdas))
+        mark_done(folder, settings)
+        self._scores[seed] = scores
         return scores
 
     def _score_model(self, model: torch.nn.Module, seed: int) -> UnitScores:
@@ -201,52 +299,80 @@ class Pipeline:
         return UnitScores.from_domain_scores(raw, t.normalize_heads, t.normalize_ffn)
 
     def shape(self, seed: int) -> Shape:
-        model = load_saved(self.rewind_point(seed), self.cfg.data.task)
-        return Shape.of(Units(model))
+        return Shape.of(Units(self._load(self.rewind_point(seed))))
+
+    def ticket(self, seed: int, spec: TicketSpec) -> Path:
+        """The ticket of one method x sparsity (x lambda), saved as JSON with the settings that chose it."""
+        method, sparsity, lam = spec
+        path = self.layout.ticket(seed, ticket_name(method, sparsity, lam))
+        settings = self._ticket_settings(seed, spec)
+        if path.is_file():
+            try:
+                change = changed_setting(Ticket.load(path).extra.get("settings") or {}, settings)
+                if change is None:
+                    return path
+                why = f"a setting changed: {change}"
+            except DogeError:
+                why = "the file is damaged"
+            self._warn(f"{path}: choosing this ticket again ({why})")
+        shape = self.shape(seed)
+        if method == "random":
+            ticket = random_ticket(shape, sparsity, seed)
+        elif method == "winning":
+            ticket = select(*self.scores(seed).winning(), shape, sparsity, "winning", seed=seed)
+        else:
+            assert lam is not None
+            ticket = select(*self.scores(seed).doge(lam), shape, sparsity, "doge", lam=lam, seed=seed)
+        ticket.extra["settings"] = settings
+        ticket.save(path)
+        return path
 
     def tickets(self, seed: int) -> list[Path]:
-        """One ticket per method x sparsity (x lambda for doge), saved as JSON."""
-        t = self.cfg.tickets
+        """One ticket per method x sparsity (x lambda for doge)."""
         self._sync()
-        folder = self.seed_dir(seed) / "tickets"
-        wanted = self._ticket_specs()
-        paths = [folder / f"{ticket_name(m, s, lam)}.json" for m, s, lam in wanted]
-        if all(p.is_file() for p in paths):
-            return paths
-        scores = self.scores(seed) if any(m != "random" for m, _, _ in wanted) else None
-        shape = self.shape(seed)
-        for (method, sparsity, lam), path in zip(wanted, paths, strict=True):
-            if path.is_file():
-                continue
-            if method == "random":
-                ticket = random_ticket(shape, sparsity, seed)
-            elif method == "winning":
-                assert scores is not None
-                ticket = select(*scores.winning(), shape, sparsity, "winning", seed=seed)
-            else:
-                assert scores is not None and lam is not None
-                ticket = select(*scores.doge(lam), shape, sparsity, "doge", lam=lam, seed=seed)
-            ticket.extra["normalize_heads"] = t.normalize_heads
-            ticket.extra["normalize_ffn"] = t.normalize_ffn
-            ticket.save(path)
-        return paths
+        return [self.ticket(seed, spec) for spec in self._ticket_specs()]
 
     def rewind(self, seed: int, ticket_path: Path) -> Path:
         """Reset to the rewind point, hold the ticket's pruned units at zero, train again, evaluate."""
         self._sync()
         ticket = Ticket.load(ticket_path)
-        folder = self.seed_dir(seed) / "rewind" / ticket_path.stem
-        if is_done(folder):
+        folder = self.layout.rewind(seed, ticket_path.stem)
+        objective = self.cfg.train.objective
+        settings = {"ticket": ticket.extra.get("settings"), "trained": self._train_settings(seed, objective)}
+        files = RUN_FILES if self.cfg.run.save_models else RUN_FILES[1:]
+        if self._finished(folder, {**settings}, ("ticket.json", *files)) and self._evaluated(folder, settings):
             return folder
-        model = load_saved(self.rewind_point(seed), self.cfg.data.task)
+        model = self._load(self.rewind_point(seed))
+        clear_done(folder)
         ticket.save(folder / "ticket.json")
-        info = {"name": ticket_path.stem, "method": ticket.method, "objective": self.cfg.train.objective,
+        info = {"name": ticket_path.stem, "method": ticket.method, "objective": objective,
                 "seed": seed, "target_sparsity": ticket.target_sparsity, "sparsity": ticket.sparsity,
                 "lambda": ticket.lam}
-        self._train_and_evaluate(
-            model, folder, info, seed, self.cfg.train.objective, ticket.masks(), self.cfg.run.save_models
-        )
+        self._train_and_evaluate(model, folder, info, seed, objective, ticket.masks(), self.cfg.run.save_models,
+                                 settings)
         return folder
+
+    def _evaluated(self, folder: Path, settings: dict[str, Any]) -> bool:
+        """A finished run's test numbers are on the config's test domains; if not, its saved model is
+        evaluated on them now. False when there is no saved model to do so (the run must be redone)."""
+        metrics_json = read_json_or_none(folder / "metrics.json")
+        if isinstance(metrics_json, dict) and metrics_json.get("eval") == self._eval_settings():
+            return True
+        if not (folder / "model" / "model.safetensors").is_file():
+            self._warn(f"{folder}: no saved model to evaluate on the current test domains: training it again")
+            clear_done(folder)
+            return False
+        self._reevaluate(folder, settings)
+        return True
+
+    def _reevaluate(self, folder: Path, settings: dict[str, Any]) -> None:
+        old = read_json_or_none(folder / "metrics.json")
+        if not isinstance(old, dict) or not isinstance(old.get("run"), dict):
+            raise DogeError(f"{folder / 'metrics.json'}: damaged; delete {folder} to train this run again")
+        masks = Ticket.load(folder / "ticket.json").masks() if (folder / "ticket.json").is_file() else None
+        clear_done(folder)
+        self._evaluate(self._load(folder / "model"), folder, old["run"], masks, old.get("train", {}))
+        mark_done(folder, settings)
 
     def _train_and_evaluate(
         self,
@@ -257,6 +383,7 @@ class Pipeline:
         objective: str,
         masks: tuple[torch.Tensor, torch.Tensor] | None,
         keep_model: bool,
+        settings: dict[str, Any],
     ) -> None:
         clear_done(folder)
         if is_writer():
@@ -268,11 +395,14 @@ class Pipeline:
             model, d.task, d.train, d.dev, self.cfg.train, make_objective(objective, self.cfg.irm), seed,
             d.pad_id, ticket_masks=masks, log_path=folder / "log.jsonl" if is_writer() else None,
             show_progress=self.show_progress,
-            description=f"{info['name']} s{seed}",
+            description=f"seed{seed}/{info['name']}",
         )
         if keep_model:
             _save_model(model, d.tokenizer, folder / "model")
-        self._evaluate(model, folder, info, masks, result.to_dict(), dev_predictions=result.best_dev_predictions)
+        train_info = result.to_dict()
+        write_json(folder / "timing.json", {k: train_info.pop(k) for k in TIMING_KEYS})
+        self._evaluate(model, folder, info, masks, train_info, dev_predictions=result.best_dev_predictions)
+        mark_done(folder, settings)
 
     def _evaluate(
         self,
@@ -283,12 +413,13 @@ class Pipeline:
         train_info: dict[str, Any],
         dev_predictions: list | None = None,
     ) -> dict[str, Any]:
+        """Dev and test predictions and metrics of a trained model -> predictions.jsonl, metrics.json."""
         d = self.data
         model.to(self.device)
         units = Units(model)
         head, ffn = masks if masks is not None else (torch.ones(units.num_layers, units.num_heads),
                                                       torch.ones(units.num_layers))
-        out: dict[str, Any] = {"run": info, "metric": d.task.metric}
+        out: dict[str, Any] = {"run": info, "metric": d.task.metric, "eval": self._eval_settings()}
         rows: list[dict[str, Any]] = []
         with units.gated(head.to(self.device), ffn.to(self.device)):
             for split, data in (("dev", d.dev), ("test", d.test)):
@@ -300,17 +431,16 @@ class Pipeline:
                 m = metrics(d.task, data, preds)
                 out[split] = m if split == "test" else {"score": m["score"], "per_domain": m["per_domain"]}
                 rows += prediction_rows(d.task, data, preds, split)
-        out["train"] = train_info
+        out["train"] = {k: v for k, v in train_info.items() if k not in TIMING_KEYS}
         if d.test.truncated_words or d.dev.truncated_words:
             out["truncated_words"] = {"dev": d.dev.truncated_words, "test": d.test.truncated_words}
         atomic_write_text(folder / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         write_json(folder / "metrics.json", out)
-        mark_done(folder)
         return out
 
-    def _ticket_specs(self) -> list[tuple[str, float, float | None]]:
+    def _ticket_specs(self) -> list[TicketSpec]:
         t = self.cfg.tickets
-        specs: list[tuple[str, float, float | None]] = []
+        specs: list[TicketSpec] = []
         for s in t.sparsities:
             for m in t.methods:
                 if m == "doge":
@@ -318,6 +448,15 @@ class Pipeline:
                 else:
                     specs.append((m, s, None))
         return specs
+
+    def _runs(self) -> list[tuple[int, Path]]:
+        """(seed, folder) of every run the config declares: baselines, then one rewind per ticket."""
+        baselines = ["erm", *(b for b in self.cfg.run.baselines if b != "erm")]
+        runs = []
+        for seed in self.cfg.run.seeds:
+            runs += [(seed, self.layout.baseline(seed, b)) for b in baselines]
+            runs += [(seed, self.layout.rewind(seed, ticket_name(*spec))) for spec in self._ticket_specs()]
+        return runs
 
     # ---- commands ----------------------------------------------------------------------------
     def finetune(self) -> None:
@@ -341,8 +480,7 @@ class Pipeline:
     def rewind_all(self) -> None:
         self.init_dir()
         for seed in self.cfg.run.seeds:
-            folder = self.seed_dir(seed) / "tickets"
-            wanted = [folder / f"{ticket_name(m, s, lam)}.json" for m, s, lam in self._ticket_specs()]
+            wanted = [self.layout.ticket(seed, ticket_name(*spec)) for spec in self._ticket_specs()]
             missing = [p for p in wanted if not p.is_file()]
             if missing:
                 raise DogeError(f"{missing[0]}: ticket not found (run `doge prune` first)")
@@ -350,39 +488,66 @@ class Pipeline:
                 self.rewind(seed, path)
 
     def evaluate_all(self) -> None:
-        """Re-evaluate every saved model of the run on the config's current dev and test data."""
+        """Re-evaluate every finished run of the config on its current dev and test data."""
         self.init_dir()
-        for folder in sorted(self.out.glob("seed*/*/")) + sorted(self.out.glob("seed*/rewind/*/")):
-            if not (folder / "model" / "config.json").is_file() or not (folder / "metrics.json").is_file():
+        without_model = []
+        for _, folder in self._runs():
+            if not is_done(folder):
                 continue
-            old = read_json(folder / "metrics.json")
-            masks = Ticket.load(folder / "ticket.json").masks() if (folder / "ticket.json").is_file() else None
-            model = load_saved(folder / "model", self.cfg.data.task)
-            self._evaluate(model, folder, old["run"], masks, old.get("train", {}))
+            if (folder / "model" / "model.safetensors").is_file():
+                self._reevaluate(folder, recorded(folder) or {})
+            elif (read_json_or_none(folder / "metrics.json") or {}).get("eval") != self._eval_settings():
+                without_model.append(folder)
+        if without_model:
+            raise DogeError(f"{len(without_model)} finished runs have no saved model (run.save_models = false) to "
+                            f"evaluate on the current test domains, e.g. {without_model[0]}: `doge run` trains them "
+                            "again")
 
     def run(self) -> dict[str, Any]:
         """The whole protocol: ERM (and IRM), scores, tickets, rewinding, evaluation, the table.
 
-        One fine-tuning and one scoring pass per seed serve every ticket of that seed."""
+        One fine-tuning and one scoring pass per seed serve every ticket of that seed. A training that
+        fails (TrainingFailed) is reported in `self.failed` and the sweep goes on without it."""
         self.init_dir()
         cfg = self.cfg
         baselines = ["erm", *(b for b in cfg.run.baselines if b != "erm")]
-        with_tickets = bool(cfg.tickets.sparsities and cfg.tickets.methods)
-        specs = self._ticket_specs() if with_tickets else []
+        specs = self._ticket_specs()
         total = len(cfg.run.seeds) * (len(baselines) + len(specs))
         with sweep_progress(f"sweep ({total} runs)", total, self.show_progress) as advance:
             for seed in cfg.run.seeds:
                 self.rewind_point(seed)
                 for b in baselines:
-                    self.baseline(seed, b)
+                    self._attempt(f"seed{seed}/{b}", self.baseline, seed, b)
                     advance(1, info=f"seed {seed} {b}")
-                if with_tickets:
-                    for path in self.tickets(seed):
-                        self.rewind(seed, path)
-                        advance(1, info=f"seed {seed} {path.stem}")
-        results = self.results()
+                for spec in specs:
+                    name = ticket_name(*spec)
+                    if spec[0] != "random" and f"seed{seed}/erm" in self.failed:
+                        self.failed[f"seed{seed}/{name}"] = f"its scores need seed{seed}/erm, which failed"
+                    else:
+                        self._attempt(f"seed{seed}/{name}", self.rewind_ticket, seed, spec)
+                    advance(1, info=f"seed {seed} {name}")
+        results = self.results() if len(self.failed) < total else {}
         self.report_time()
         return results
+
+    def rewind_ticket(self, seed: int, spec: TicketSpec) -> Path:
+        """The ticket of `spec` (chosen if need be), rewound and trained."""
+        return self.rewind(seed, self.ticket(seed, spec))
+
+    def _attempt(self, name: str, stage: Any, *args: Any) -> None:
+        try:
+            stage(*args)
+        except TrainingFailed as exc:
+            self.failed[name] = str(exc)
+            self._warn(f"{name} failed: {exc}")
+
+    def failure(self) -> DogeError | None:
+        """One error naming every failed run of the last `run()`, or None."""
+        if not self.failed:
+            return None
+        first, why = next(iter(self.failed.items()))
+        return DogeError(f"{len(self.failed)} run(s) failed: {', '.join(self.failed)} (first: {first}: {why}); "
+                         "a rerun retries only these")
 
     def report_time(self) -> dict[str, float]:
         """Where this process's wall time went outside the model (tokenizing, batching, reading, saving)."""
@@ -395,7 +560,7 @@ class Pipeline:
                  "outside_model_share": outside / total if total else 0.0, **parts}
         self._say(f"time: {total:.0f}s, outside the model {outside:.1f}s ({share['outside_model_share']:.1%}: "
                       + ", ".join(f"{k} {v:.1f}s" for k, v in parts.items()) + ")")
-        write_json(self.out / "timing.json", share)
+        write_json(self.layout.timing, share)
         return share
 
     def analyze(self, seed: int, finetuned: Path | None = None) -> tuple[list[Path], dict[str, int]]:
@@ -407,15 +572,15 @@ class Pipeline:
         self.init_dir()
         if finetuned is not None:
             model = load_saved(finetuned, self.cfg.data.task)
-            if model.config.num_labels != len(self.data.splits.labels):
+            if model.config.num_labels != len(self.labels):
                 raise DogeError(f"{finetuned}: a head with {model.config.num_labels} labels, the data has "
-                                f"{len(self.data.splits.labels)}")
+                                f"{len(self.labels)}")
             scores = self._score_model(model, seed)
         else:
             self.rewind_point(seed)
             self.baseline(seed, "erm")
             scores = self.scores(seed)
-            model = load_saved(self.seed_dir(seed) / "erm" / "model", self.cfg.data.task)
+            model = self._load(self.layout.baseline(seed, "erm") / "model")
         folder = self.out  # beside the run's report, which then shows the pilot study too
         scores_png, classes = plot_scores(scores.to_json(self.cfg.tickets.lambdas), folder)
         counts = activation_frequencies(model.to(self.device), self.data.train, self.cfg.train.eval_batch_size,
@@ -424,9 +589,15 @@ class Pipeline:
         return [scores_png, pilot_png], classes
 
     def results(self) -> dict[str, Any]:
+        """The table of the config's finished runs, all evaluated on its current test domains."""
         from dogetickets.results import collect_results, write_results
 
-        results = collect_results(self.out, notes=self._notes())
+        folders = []
+        for _, folder in self._runs():
+            m = read_json_or_none(folder / "metrics.json")
+            if is_done(folder) and isinstance(m, dict) and m.get("eval") == self._eval_settings():
+                folders.append(folder)
+        results = collect_results(self.out, folders, notes=self._notes())
         write_results(self.out, results)
         return results
 
@@ -454,6 +625,30 @@ def _comparable(section: dict[str, Any] | None) -> dict[str, Any] | None:
     if section is None:
         return None
     return {k: v for k, v in section.items() if k not in FREE_KEYS}
+
+
+def _intact(path: Path) -> bool:
+    """The file exists and, if JSON, parses."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    return path.suffix != ".json" or read_json_or_none(path) is not None
+
+
+def _check_max_length(cfg: Config) -> None:
+    """model.max_length within the model's position embeddings (else the first long example crashes)."""
+    from transformers import AutoConfig
+
+    from dogetickets.models.resolve import resolve_model
+
+    mc = AutoConfig.from_pretrained(resolve_model(cfg.model.name))
+    limit = getattr(mc, "max_position_embeddings", None)
+    if limit is None:
+        return
+    if mc.model_type in ("roberta", "xlm-roberta", "camembert"):  # positions start after the padding index
+        limit -= int(mc.pad_token_id or 1) + 1
+    if cfg.model.max_length > limit:
+        raise DogeError(f"config key 'model.max_length': {cfg.model.max_length} is more than model "
+                        f"'{cfg.model.name}' can take ({limit} positions)")
 
 
 def _save_model(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:

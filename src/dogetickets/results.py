@@ -16,14 +16,15 @@ from rich.table import Table
 
 from dogetickets.errors import DogeError
 from dogetickets.io import atomic_write_text, read_json, write_json
-from dogetickets.report.collect import METHOD_ORDER, finished_run_dirs
+from dogetickets.report.collect import METHOD_ORDER
 
 METRIC_NAMES = {"accuracy": "accuracy", "entity_f1": "entity F1"}
 _ORDER = {m: i for i, m in enumerate(METHOD_ORDER)}
 
 
-def collect_results(out: Path, notes: list[str] | None = None) -> dict[str, Any]:
-    runs = [read_json(folder / "metrics.json") for _, folder in finished_run_dirs(out)]
+def collect_results(out: Path, folders: list[Path], notes: list[str] | None = None) -> dict[str, Any]:
+    """The table of the runs in `folders` (finished, and all evaluated on the same test domains)."""
+    runs = [read_json(folder / "metrics.json") for folder in folders]
     if not runs:
         raise DogeError(f"{out}: no finished runs")
     groups: dict[tuple, list[dict[str, Any]]] = {}

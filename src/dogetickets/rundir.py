@@ -1,0 +1,147 @@
+"""The run directory: where every artifact lives, which settings made it, and who may write it.
+
+    <out>/config.toml                         the resolved config (what the run directory holds)
+    <out>/labels.json                         the label list, fixed at the first stage
+    <out>/seed<k>/init/                       the rewind point: pretrained weights + seeded task head
+    <out>/seed<k>/erm/, irm/                  baselines: model/, metrics.json, predictions.jsonl, DONE
+    <out>/seed<k>/scores/scores.json          per-domain expressive scores and the combined scores
+    <out>/seed<k>/tickets/<name>.json         one ticket per method x sparsity (x lambda)
+    <out>/seed<k>/rewind/<name>/              ticket.json, model/, metrics.json, predictions.jsonl, DONE
+    <out>/results.json, results.md            the table
+
+A stage folder is finished when its DONE marker holds exactly the settings that the current config
+asks of it (:func:`recorded`, :func:`changed_setting`); any other DONE is stale and the stage is
+redone. One process at a time writes a run directory (:class:`RunLock`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dogetickets.errors import DogeError
+from dogetickets.io import DONE
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path of a run directory, in one place."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "labels.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def timing(self) -> Path:
+        return self.root / "timing.json"
+
+    def seed(self, seed: int) -> Path:
+        return self.root / f"seed{seed}"
+
+    def init(self, seed: int) -> Path:
+        return self.seed(seed) / "init"
+
+    def baseline(self, seed: int, objective: str) -> Path:
+        return self.seed(seed) / objective
+
+    def scores_dir(self, seed: int) -> Path:
+        return self.seed(seed) / "scores"
+
+    def scores(self, seed: int) -> Path:
+        return self.scores_dir(seed) / "scores.json"
+
+    def ticket(self, seed: int, name: str) -> Path:
+        return self.seed(seed) / "tickets" / f"{name}.json"
+
+    def rewind(self, seed: int, name: str) -> Path:
+        return self.seed(seed) / "rewind" / name
+
+
+def recorded(folder: Path) -> dict[str, Any] | None:
+    """The settings a finished stage recorded in its DONE marker; None if not finished.
+
+    A DONE that is empty (written before settings were recorded) or unreadable records nothing ({}),
+    which matches no settings: the stage is redone."""
+    path = Path(folder) / DONE
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def changed_setting(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """The first dotted setting whose value differs between two settings records, as 'key (a -> b)'."""
+    a, b = _flat(old), _flat(new)
+    for key in [*b, *(k for k in a if k not in b)]:
+        if key not in a:
+            return f"{key} (not recorded -> {b[key]!r})"
+        if key not in b:
+            return f"{key} ({a[key]!r} -> not set)"
+        if a[key] != b[key]:
+            return f"{key} ({a[key]!r} -> {b[key]!r})"
+    return None
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while a process writes it.
+
+    `flock` on `<out>/.lock`: the operating system releases it when the holder exits, however it
+    exits, so a killed run never leaves it stuck. The holder's pid is written into the file so a
+    second process can say who holds it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DogeError(
+                f"{self.path.parent}: in use by another doge process (pid {holder}); "
+                "wait for it to finish or use another run.out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
