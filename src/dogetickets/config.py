@@ -1,110 +1,175 @@
-"""Typed run configuration, loaded from TOML. Unknown keys and bad values are one-line errors."""
+"""Typed run configuration, loaded from TOML. Unknown keys and bad values are one-line errors.
+
+One pydantic model per section, with the ranges on the fields; `config_from_dict` turns pydantic's
+first complaint into a one-line `DogeError` naming the dotted key and the bad value.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar, get_args
+
+import tomli_w
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dogetickets.errors import DogeError
 
-TASKS = ("text", "pair", "tagging")
-SOURCES = ("released", "file", "hf")
-METHODS = ("random", "winning", "doge")
-BASELINES = ("erm", "irm")
-OBJECTIVES = ("erm", "irm")
-PRECISIONS = ("no", "bf16", "fp16")
+Task = Literal["text", "pair", "tagging"]
+Source = Literal["released", "file", "hf"]
+Method = Literal["random", "winning", "doge"]
+Baseline = Literal["erm", "irm"]
+Objective = Literal["erm", "irm"]
+Precision = Literal["no", "bf16", "fp16"]
+
+TASKS: tuple[str, ...] = get_args(Task)
+SOURCES: tuple[str, ...] = get_args(Source)
+METHODS: tuple[str, ...] = get_args(Method)
+BASELINES: tuple[str, ...] = get_args(Baseline)
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+T = TypeVar("T")
 
 
-@dataclass
-class ModelConfig:
+class _BadKey(ValueError):
+    """A section validator's complaint about one of its keys (the section's location is prepended)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _distinct(xs: list[T]) -> list[T]:
+    seen: set[Any] = set()
+    for x in xs:
+        if x in seen:
+            raise ValueError(f"{x!r} is listed twice")
+        seen.add(x)
+    return xs
+
+
+Distinct = AfterValidator(_distinct)
+Names = Annotated[list[str], Distinct]
+Seed = Annotated[int, Field(ge=0, lt=2**32)]  # numpy's seed range
+Count = Annotated[int, Field(ge=0)]  # 0 = all / never / epochs decide (see the field)
+Share = Annotated[float, Field(gt=0, lt=1)]
+Sparsity = Annotated[float, Field(ge=0, lt=1)]
+Lambda = Annotated[float, Field(ge=0)]
+
+
+class _Section(BaseModel):
+    # strict: no str -> number or float -> int coercion (ints are accepted for floats); no nan/inf
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class ModelConfig(_Section):
     name: str = "minilm"  # "minilm" (the packaged default), a Hub name or a local folder
-    max_length: int = 128
+    max_length: int = Field(128, gt=0)
 
 
-@dataclass
-class DataConfig:
-    task: str = "text"  # text | pair | tagging
-    source: str = "released"  # released (<dir>/<dataset>/<domain>/<split>.json) | file | hf
+class DataConfig(_Section):
+    task: Task = "text"  # text | pair | tagging
+    source: Source = "released"  # released (<dir>/<dataset>/<domain>/<split>.json) | file | hf
     dataset: str = "amazon"  # released: the task folder (amazon, mnli, ontonote)
     dir: str = ""  # released: the data directory; default $DOGE_DATA_DIR
     path: str = ""  # file: a .jsonl/.json/.csv/.parquet file; hf: a saved dataset folder or Hub name
-    train_domains: list[str] = field(default_factory=list)
-    test_domains: list[str] = field(default_factory=list)
+    # required (the defaults are checked): a config without domains is an error
+    train_domains: Names = Field(default_factory=list, min_length=1, validate_default=True)
+    test_domains: Names = Field(default_factory=list, min_length=1, validate_default=True)
     train_split: str = "train"
     dev_split: str = "dev"
     test_split: str = "test"
     # Per-domain split file overrides for the released layout, e.g. {nw = "dev"} trains nw on dev.json.
-    train_split_overrides: dict[str, str] = field(default_factory=dict)
-    # Domains whose dev set is carved (seeded) out of their training data, with this share.
-    dev_from_train: dict[str, float] = field(default_factory=dict)
-    max_train_per_domain: int = 0  # 0 = all
-    max_eval_per_domain: int = 0  # 0 = all (dev and test)
-    seed: int = 0  # subsampling and carved dev sets: the same examples for every run seed
+    train_split_overrides: dict[str, str] = Field(default_factory=dict)
+    # Training domains whose dev set is carved (seeded) out of their training data, with this share.
+    dev_from_train: dict[str, Share] = Field(default_factory=dict)
+    max_train_per_domain: Count = 0  # 0 = all
+    max_eval_per_domain: Count = 0  # 0 = all (dev and test)
+    seed: Seed = 0  # subsampling and carved dev sets: the same examples for every run seed
     text_column: str = "text"
     text_pair_column: str = ""  # pair task: the second text (the released MNLI uses text_b)
     label_column: str = "label"
     domain_column: str = "domain"
     split_column: str = ""  # file/hf: a column naming train/dev/test; empty = seeded split
-    labels: list[str] = field(default_factory=list)  # label names in id order; default: inferred
-    notes: list[str] = field(default_factory=list)  # printed under the results table
+    labels: Names = Field(default_factory=list)  # label names in id order; default: inferred
+    notes: list[str] = Field(default_factory=list)  # printed under the results table
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        train = set(self.train_domains)
+        for dom in self.test_domains:
+            if dom in train:
+                raise _BadKey("test_domains", f"{dom!r} is also a training domain (it would be reported as unseen)")
+        for key in ("train_split_overrides", "dev_from_train"):
+            for dom in getattr(self, key):
+                if dom not in train:
+                    raise _BadKey(f"{key}.{dom}", f"{dom!r} is not a training domain")
+        if self.source in ("file", "hf") and not self.path:
+            raise _BadKey("path", f"required with data.source = {self.source!r}")
+        if self.task == "pair" and self.source != "released" and not self.text_pair_column:
+            raise _BadKey("text_pair_column", f"required for the pair task with data.source = {self.source!r}")
+        return self
 
 
-@dataclass
-class TrainConfig:
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    lr: float = 5e-5
-    epochs: float = 10.0
-    max_steps: int = 0  # 0 = epochs decide
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    eval_every: int = 0  # steps between dev evaluations; 0 = once per epoch
-    patience: int = 3  # evaluations without improvement before stopping; 0 = never stop early
-    mixed_precision: str = "no"  # no | bf16 | fp16 (bf16/fp16 need an accelerator that has them)
+class TrainConfig(_Section):
+    batch_size: int = Field(16, gt=0)
+    eval_batch_size: int = Field(64, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    epochs: float = Field(10.0, ge=0)
+    max_steps: Count = 0  # 0 = epochs decide
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)  # 0 = no clipping
+    eval_every: Count = 0  # steps between dev evaluations; 0 = once per epoch
+    patience: Count = 3  # evaluations without improvement before stopping; 0 = never stop early
+    mixed_precision: Precision = "no"  # no | bf16 | fp16 (bf16/fp16 need an accelerator that has them)
     bucket: bool = True  # length-bucketed batches (False: shuffled batches padded to max_length)
-    objective: str = "erm"  # the objective rewinding trains with: erm | irm
+    objective: Objective = "erm"  # the objective rewinding trains with: erm | irm
+
+    @model_validator(mode="after")
+    def _some_training(self) -> TrainConfig:
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise _BadKey("epochs", f"{self.epochs} with train.max_steps = {self.max_steps}: one must be positive")
+        return self
 
 
-@dataclass
-class IRMConfig:
-    penalty_weight: float = 100.0
-    anneal_steps: int = 100
+class IRMConfig(_Section):
+    penalty_weight: float = Field(100.0, ge=0)
+    anneal_steps: Count = 100
 
 
-@dataclass
-class TicketConfig:
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    sparsities: list[float] = field(default_factory=lambda: [0.1, 0.3])
-    lambdas: list[float] = field(default_factory=lambda: [100.0])
+class TicketConfig(_Section):
+    methods: Annotated[list[Method], Distinct] = Field(default_factory=lambda: list(METHODS))
+    sparsities: Annotated[list[Sparsity], Distinct] = Field(default_factory=lambda: [0.1, 0.3])
+    lambdas: Annotated[list[Lambda], Distinct] = Field(default_factory=lambda: [100.0])
     normalize_heads: bool = True  # l2 within each layer (the paper)
     normalize_ffn: bool = True  # l2 across layers (the released code)
-    max_score_per_domain: int = 0  # examples per domain for scoring; 0 = all training examples
-    score_batch_size: int = 16  # small length-sorted batches score fastest on CPU (benchmarks/bench_core.py)
+    max_score_per_domain: Count = 0  # examples per domain for scoring; 0 = all training examples
+    # small length-sorted batches score fastest on CPU (benchmarks/bench_core.py)
+    score_batch_size: int = Field(16, gt=0)
 
 
-@dataclass
-class RunConfig:
+class RunConfig(_Section):
     out: str = "runs/doge"
-    seeds: list[int] = field(default_factory=lambda: [0])
-    baselines: list[str] = field(default_factory=lambda: ["erm"])
+    seeds: Annotated[list[Seed], Distinct] = Field(default_factory=lambda: [0], min_length=1)
+    baselines: Annotated[list[Baseline], Distinct] = Field(default_factory=lambda: ["erm"])
     save_models: bool = True  # keep each rewound model (needed by `doge export`)
 
 
-@dataclass
-class Config:
-    run: RunConfig = field(default_factory=RunConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    irm: IRMConfig = field(default_factory=IRMConfig)
-    tickets: TicketConfig = field(default_factory=TicketConfig)
+def _section() -> Any:
+    # a missing section is an empty table, checked like a written one (so [data] must name domains)
+    return Field(default_factory=dict, validate_default=True)
+
+
+class Config(_Section):
+    run: RunConfig = _section()
+    model: ModelConfig = _section()
+    data: DataConfig = _section()
+    train: TrainConfig = _section()
+    irm: IRMConfig = _section()
+    tickets: TicketConfig = _section()
 
     def data_dir(self) -> Path:
         raw = self.data.dir or os.environ.get("DOGE_DATA_DIR", "")
@@ -113,104 +178,70 @@ class Config:
         return Path(raw).expanduser()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as plain dicts, lists, strings and numbers."""
+        return self.model_dump()
 
     def to_toml(self) -> str:
         return dump_toml(self.to_dict())
 
 
-def _check_type(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise DogeError(f"config key '{key}': expected a number, got {value!r}")
-        return float(value)
-    if tp is int or tp is bool or tp is str:
-        if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-            raise DogeError(f"config key '{key}': expected {tp.__name__}, got {value!r}")
-        return value
-    if origin is list:
-        (inner,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise DogeError(f"config key '{key}': expected a list, got {value!r}")
-        return [_check_type(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        _, inner = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise DogeError(f"config key '{key}': expected a table, got {value!r}")
-        return {str(k): _check_type(v, inner, f"{key}.{k}") for k, v in value.items()}
-    if isinstance(tp, types.UnionType):
-        return value
-    raise TypeError(f"unsupported config type {tp}")
+_EXPECTED = {
+    "float_type": "a number",
+    "int_type": "an integer",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a table",
+    "model_type": "a table",
+}
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+_BOUND_KEYS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
 
 
-def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in raw.items():
-        full = f"{prefix}{key}"
-        if key not in hints:
-            raise DogeError(f"unknown config key '{full}'")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise DogeError(f"config key '{full}' must be a table")
-            kwargs[key] = _build(tp, value, f"{full}.")
-        else:
-            kwargs[key] = _check_type(value, tp, full)
-    return cls(**kwargs)
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, str) else str(value)
 
 
-def _validate(cfg: Config) -> None:
-    def one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
-        if value not in allowed:
-            raise DogeError(f"config key '{key}': {value!r} is not one of {', '.join(allowed)}")
+def _printable(s: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
 
-    one_of("data.task", cfg.data.task, TASKS)
-    one_of("data.source", cfg.data.source, SOURCES)
-    one_of("train.mixed_precision", cfg.train.mixed_precision, PRECISIONS)
-    one_of("train.objective", cfg.train.objective, OBJECTIVES)
-    for m in cfg.tickets.methods:
-        one_of("tickets.methods", m, METHODS)
-    for b in cfg.run.baselines:
-        one_of("run.baselines", b, BASELINES)
-    for s in cfg.tickets.sparsities:
-        if not 0.0 <= s < 1.0:
-            raise DogeError(f"config key 'tickets.sparsities': {s} is not in [0, 1)")
-    for lam in cfg.tickets.lambdas:
-        if lam < 0:
-            raise DogeError(f"config key 'tickets.lambdas': {lam} is negative")
-    if not cfg.data.train_domains:
-        raise DogeError("config key 'data.train_domains' is empty: name at least one training domain")
-    if not cfg.data.test_domains:
-        raise DogeError("config key 'data.test_domains' is empty: name at least one test domain")
-    if not cfg.run.seeds:
-        raise DogeError("config key 'run.seeds' is empty")
-    for key, value in (
-        ("train.batch_size", cfg.train.batch_size),
-        ("train.eval_batch_size", cfg.train.eval_batch_size),
-        ("tickets.score_batch_size", cfg.tickets.score_batch_size),
-        ("model.max_length", cfg.model.max_length),
-    ):
-        if value <= 0:
-            raise DogeError(f"config key '{key}' must be positive, got {value}")
-    if cfg.train.lr <= 0:
-        raise DogeError(f"config key 'train.lr' must be positive, got {cfg.train.lr}")
-    if cfg.train.epochs <= 0 and cfg.train.max_steps <= 0:
-        raise DogeError("config keys 'train.epochs' and 'train.max_steps': one must be positive")
-    for d, share in cfg.data.dev_from_train.items():
-        if not 0.0 < share < 1.0:
-            raise DogeError(f"config key 'data.dev_from_train.{d}': {share} is not in (0, 1)")
-    if cfg.data.source in ("file", "hf") and not cfg.data.path:
-        raise DogeError(f"config key 'data.path' is required with data.source = '{cfg.data.source}'")
-    if cfg.data.task == "pair" and cfg.data.source != "released" and not cfg.data.text_pair_column:
-        raise DogeError("config key 'data.text_pair_column' is required for the pair task")
+
+def _one_line(exc: ValidationError) -> str:
+    """pydantic's first error as one line naming the dotted key (list indices left out: the value is shown)."""
+    err = exc.errors(include_url=False)[0]
+    kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    parts = [p for p in err["loc"] if isinstance(p, str)]
+    cause = ctx.get("error")
+    if isinstance(cause, _BadKey):
+        parts.append(cause.key)
+    key = ".".join(parts)
+    if kind == "extra_forbidden":
+        return _printable(f"unknown config key '{key}'")
+    if kind == "too_short":
+        return _printable(f"config key '{key}' is empty")
+    if kind in _EXPECTED:
+        detail = f"expected {_EXPECTED[kind]}, got {_show(value)}"
+    elif kind in _BOUNDS:
+        detail = f"{_show(value)} is not {_BOUNDS[kind]} {ctx[_BOUND_KEYS[kind]]}"
+    elif kind == "finite_number":
+        detail = f"{_show(value)} is not a finite number"
+    elif kind == "literal_error":
+        detail = f"{_show(value)} is not one of {ctx['expected']}"
+    elif cause is not None:
+        detail = str(cause)
+    else:
+        detail = f"{err['msg']}, got {_show(value)}"
+    return _printable(f"config key '{key}': {detail}")
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    cfg = _build(Config, raw, "")
-    _validate(cfg)
-    return cfg
+    """A checked Config from plain values (parsed TOML); the first problem is a one-line DogeError."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise DogeError(_one_line(exc)) from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
@@ -222,11 +253,16 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise DogeError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise DogeError(f"{path}: not UTF-8 text") from None
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                parent = ".".join(parents[: i + 1])
+                raise DogeError(_printable(f"{path}: config key '{parent}' is not a table: cannot set '{dotted}'"))
         node[leaf] = value
     try:
         return config_from_dict(raw)
@@ -234,30 +270,6 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         raise DogeError(f"{path}: {exc}") from None
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(type(v))
-
-
-def _toml_key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k)
-
-
 def dump_toml(d: dict[str, Any]) -> str:
-    """A small TOML writer for our two-level config (tomllib only reads)."""
-    lines = []
-    for section, body in d.items():
-        lines.append(f"[{section}]")
-        for k, v in body.items():
-            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
-        lines.append("")
-    return "\n".join(lines)
+    """TOML text of a config dict (any string survives: tomli-w escapes what TOML needs escaped)."""
+    return tomli_w.dumps(d)
