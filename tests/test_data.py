@@ -45,6 +45,18 @@ def test_subsampling_is_seeded_and_per_domain(data_dir):
     assert [x.text for x in a.train["Automotive"]] != [x.text for x in c.train["Automotive"]]
 
 
+def test_a_domains_sample_does_not_depend_on_the_other_domains(data_dir):
+    """Adding a test domain (or a training domain) leaves every other domain's examples as they were."""
+    sub = {"dir": str(data_dir), "max_train_per_domain": 30, "max_eval_per_domain": 20}
+    a = load_splits(cfg_for(**sub, train_domains=["Automotive", "Gift_Cards"], test_domains=["Software"]))
+    b = load_splits(cfg_for(**sub, train_domains=["All_Beauty", "Automotive", "Gift_Cards"],
+                            test_domains=["Movies_and_TV", "Software"]))
+    for split in ("train", "dev"):
+        for dom in ("Automotive", "Gift_Cards"):
+            assert [x.text for x in getattr(a, split)[dom]] == [x.text for x in getattr(b, split)[dom]]
+    assert [x.text for x in a.test["Software"]] == [x.text for x in b.test["Software"]]
+
+
 def test_released_mnli_pairs(data_dir):
     splits = load_splits(cfg_for(
         dir=str(data_dir), dataset="mnli", task="pair", train_split="train_small", max_train_per_domain=10,

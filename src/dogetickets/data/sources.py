@@ -446,6 +446,12 @@ def _to_examples(raws: list[_Raw], task: str, labels: _LabelSet) -> list[Example
     return out
 
 
+def _rng(seed: int, purpose: str, domain: str) -> random.Random:
+    """A generator of its own for each (purpose, domain): a domain's examples do not depend on which
+    other domains are configured (a test domain added later leaves the others' samples as they were)."""
+    return random.Random(f"{seed}:{purpose}:{domain}")
+
+
 def _subsample(xs: list[Example], n: int, rng: random.Random) -> list[Example]:
     if n <= 0 or len(xs) <= n:
         return xs
@@ -466,14 +472,13 @@ def load_splits(cfg: Config, labels: list[str] | None = None) -> Splits:
     all_raws = [r for part in raw.values() for xs in part.values() for r in xs]
     _normalize(all_raws, d.task)
     label_set = _label_set(cfg, all_raws, labels)
-    rng = random.Random(d.seed)
     parts: dict[str, dict[str, list[Example]]] = {"train": {}, "dev": {}, "test": {}}
     for dom in d.train_domains:
         train = _to_examples(raw["train"][dom], d.task, label_set)
         if dom in d.dev_from_train:
             share = d.dev_from_train[dom]
             order = list(range(len(train)))
-            rng.shuffle(order)
+            _rng(d.seed, "dev_from_train", dom).shuffle(order)
             n_dev = max(1, round(share * len(train)))
             dev_idx = set(order[:n_dev])
             parts["dev"][dom] = [x for i, x in enumerate(train) if i in dev_idx]
@@ -484,10 +489,10 @@ def load_splits(cfg: Config, labels: list[str] | None = None) -> Splits:
     for dom in d.test_domains:
         parts["test"][dom] = _to_examples(raw["test"][dom], d.task, label_set)
     for dom, xs in parts["train"].items():
-        parts["train"][dom] = _subsample(xs, d.max_train_per_domain, rng)
+        parts["train"][dom] = _subsample(xs, d.max_train_per_domain, _rng(d.seed, "train", dom))
     for split in ("dev", "test"):
         for dom, xs in parts[split].items():
-            parts[split][dom] = _subsample(xs, d.max_eval_per_domain, rng)
+            parts[split][dom] = _subsample(xs, d.max_eval_per_domain, _rng(d.seed, split, dom))
     for split, part in parts.items():
         for dom, xs in part.items():
             if not xs:
