@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from conftest import random_batch
 
 from dogetickets.data.batching import model_inputs
-from dogetickets.data.tasks import PairClassification, TokenTagging
+from dogetickets.data.tasks import Encoded, PairClassification, TokenTagging
 from dogetickets.models.units import Units, apply_masks
-from dogetickets.scoring import per_example_gate_grads
+from dogetickets.scoring import expressive_scores, per_example_gate_grads
 
 
 def _single(batch: dict, b: int) -> dict:
@@ -159,3 +160,23 @@ def test_hooks_are_removed(tiny_cls):
             pass
         after = tiny_cls(**model_inputs(batch)).logits
     assert torch.equal(before, after)
+
+
+def test_scoring_leaves_the_model_as_it_found_it(tiny_cls):
+    """Train/eval mode of every submodule and requires_grad of every parameter come back unchanged."""
+    model = tiny_cls.train()
+    model.bert.embeddings.eval()  # a submodule in eval mode inside a model in train mode
+    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)  # frozen parameters
+    model.bert.encoder.layer[1].attention.self.query.bias.requires_grad_(False)
+    modes = {n: m.training for n, m in model.named_modules()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    assert set(modes.values()) == {True, False} and set(flags.values()) == {True, False}
+    g = torch.Generator().manual_seed(0)
+    ids = [torch.randint(4, 100, (int(n),), generator=g).numpy() for n in torch.randint(3, 9, (8,), generator=g)]
+    data = Encoded(ids, [np.zeros_like(x) for x in ids], [int(x[0] % 3) for x in ids], np.arange(8) % 2,
+                   np.arange(8) // 2, ["d0", "d1"])
+    s = expressive_scores(model, Units(model), PairClassification(["a", "b", "c"]), data, batch_size=4, pad_id=0,
+                          show_progress=False)
+    assert s.count.tolist() == [4, 4] and s.head_sum.sum() > 0
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags

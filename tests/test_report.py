@@ -272,7 +272,6 @@ def test_bootstrap_difference_is_exact_and_in_ci(runs: pd.DataFrame) -> None:
         pooled = rows.loc["mean"]
         assert pooled["diff"] == pytest.approx(statistics.mean(per_seed))
         assert pooled["ci_low"] <= pooled["diff"] <= pooled["ci_high"]
-        assert 0 < pooled["p_value"] <= 1
     # Seeded: the same call gives the same numbers.
     again = bootstrap_table(select_dev(runs), n_boot=1000, seed=0)
     pd.testing.assert_frame_equal(boot, again)
@@ -285,6 +284,40 @@ def test_bootstrap_identical_predictions(run_dir: Path) -> None:
     assert res["p_value"] == pytest.approx(1.0)
 
 
+def _accuracy_run(folder: Path, correct: dict[str, list[bool]]) -> Path:
+    folder.mkdir(parents=True)
+    rows = [
+        {"split": "test", "domain": d, "index": i, "gold": 1, "pred": 1 if ok else 0}
+        for d, oks in correct.items()
+        for i, ok in enumerate(oks)
+    ]
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_bootstrap_identical_runs_give_no_difference(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    correct = {d: list(rng.random(150) < 0.7) for d in ("x", "y")}
+    a = _accuracy_run(tmp_path / "a", correct)
+    b = _accuracy_run(tmp_path / "b", correct)  # another run, the same predictions
+    res = paired_bootstrap([(a, b)], n_boot=500, seed=0)
+    assert res["diff"] == 0.0 and res["ci_low"] == 0.0 and res["ci_high"] == 0.0
+    assert res["p_value"] == 1.0
+    assert res["a"] == res["b"] == pytest.approx(np.mean([np.mean(v) for v in correct.values()]))
+
+
+def test_bootstrap_large_true_difference_is_significant(tmp_path: Path) -> None:
+    """All correct against half correct over 300 examples: the bootstrap must see it, both ways round."""
+    a = _accuracy_run(tmp_path / "a", {d: [True] * 150 for d in ("x", "y")})
+    b = _accuracy_run(tmp_path / "b", {d: [i % 2 == 0 for i in range(150)] for d in ("x", "y")})
+    res = paired_bootstrap([(a, b)], n_boot=1000, seed=0)
+    assert res["diff"] == 0.5 and res["n_examples"] == 300
+    assert res["p_value"] < 0.01 and res["p_value"] == pytest.approx(1 / 1001)
+    assert 0 < res["ci_low"] <= 0.5 <= res["ci_high"]
+    back = paired_bootstrap([(b, a)], n_boot=1000, seed=0)
+    assert back["diff"] == -0.5 and back["p_value"] < 0.01 and back["ci_high"] < 0
+
+
 def test_bootstrap_clear_difference_is_significant(run_dir: Path) -> None:
     a = run_dir / "seed0" / "rewind" / "doge-s10-l10"  # 90%
     b = run_dir / "seed0" / "rewind" / "random-s30"  # 60%
@@ -293,18 +326,22 @@ def test_bootstrap_clear_difference_is_significant(run_dir: Path) -> None:
     assert res["p_value"] < 0.01 and res["ci_low"] > 0
 
 
-def test_entity_f1_counts_match_seqeval() -> None:
+def test_entity_f1_counts_match_seqeval_strict() -> None:
     from seqeval.metrics import f1_score
+    from seqeval.scheme import IOB2
+
+    def strict(g: list, p: list) -> float:
+        return f1_score(g, p, mode="strict", scheme=IOB2, zero_division=0)
 
     rng = np.random.default_rng(0)
     tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     gold = [list(rng.choice(tags, size=int(rng.integers(1, 8)))) for _ in range(40)]
     pred = [[t if rng.random() < 0.7 else str(rng.choice(tags)) for t in g] for g in gold]
     stats = np.array([example_stats(g, p, "entity_f1") for g, p in zip(gold, pred, strict=True)])
-    assert metric_from_sums(stats.sum(0), "entity_f1") == pytest.approx(f1_score(gold, pred))
+    assert metric_from_sums(stats.sum(0), "entity_f1") == pytest.approx(strict(gold, pred), rel=1e-12)
     idx = rng.integers(0, 40, size=40)
     resampled = metric_from_sums(stats[idx].sum(0), "entity_f1")
-    assert resampled == pytest.approx(f1_score([gold[i] for i in idx], [pred[i] for i in idx]))
+    assert resampled == pytest.approx(strict([gold[i] for i in idx], [pred[i] for i in idx]), rel=1e-12)
 
 
 def test_figures_and_csvs(runs: pd.DataFrame, tmp_path: Path) -> None:

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from dogetickets.config import IRMConfig, TrainConfig
+from dogetickets.config import IRMConfig, TrainConfig, config_from_dict
 from dogetickets.data.tasks import Encoded, TextClassification
+from dogetickets.errors import DogeError, TrainingFailed
 from dogetickets.models.units import Units
-from dogetickets.training.loop import train
+from dogetickets.training.loop import get_accelerator, train
 from dogetickets.training.objectives import ERM, IRM
+
+
+def _train_cfg(**train: object) -> TrainConfig:
+    """A [train] section as a config file would give it."""
+    return config_from_dict({"data": {"train_domains": ["d0", "d1"], "test_domains": ["t"]}, "train": train}).train
 
 
 def _toy_data(n: int = 24, domains: int = 2, seed: int = 0) -> Encoded:
@@ -112,9 +119,71 @@ def test_irm_batches_hold_every_domain():
         assert sorted(np.bincount(data.domain[b], minlength=3)) == [3, 3, 3]
 
 
-def test_irm_trains(tiny_cls):
+class _ERMOnIRMBatches(ERM):
+    """ERM's loss on IRM's batches (an equal share of every domain in each step)."""
+
+    epoch_batches = IRM.epoch_batches
+
+
+def test_irm_penalty_changes_the_trained_weights(tiny_cls):
+    """Same model, data, seed and batches: penalty weight 0 trains as ERM, a positive one trains otherwise."""
     data = _toy_data(24)
-    cfg = TrainConfig(batch_size=8, lr=1e-3, max_steps=4, eval_every=2, patience=0)
-    r = train(tiny_cls, TextClassification(["a", "b", "c"]), data, data, cfg,
-              IRM(IRMConfig(penalty_weight=10.0, anneal_steps=2)), seed=0, pad_id=0, show_progress=False)
-    assert r.steps == 4
+    cfg = _train_cfg(batch_size=8, lr=1e-2, max_steps=6, eval_every=6, patience=0, warmup_ratio=0.0)
+    task = TextClassification(["a", "b", "c"])
+
+    def trained(objective: ERM | IRM) -> dict[str, torch.Tensor]:
+        model = copy.deepcopy(tiny_cls)
+        train(model, task, data, data, cfg, objective, seed=0, pad_id=0, show_progress=False)
+        return model.state_dict()
+
+    erm = trained(_ERMOnIRMBatches())
+    no_penalty = trained(IRM(IRMConfig(penalty_weight=0.0, anneal_steps=0)))
+    penalty = trained(IRM(IRMConfig(penalty_weight=10.0, anneal_steps=0)))
+    # The mean of 2 domain means over 4 examples each weighs every example's loss by exactly 1/8, as the
+    # batch mean does (powers of two: no rounding), and 0 * penalty adds nothing: identical gradients.
+    for name, w in erm.items():
+        assert torch.equal(no_penalty[name], w), name
+    moved = max(float((penalty[n] - no_penalty[n]).abs().max()) for n in erm)
+    assert moved > 1e-3
+    assert not torch.equal(penalty["classifier.weight"], no_penalty["classifier.weight"])
+
+
+def test_non_finite_loss_stops_the_run_naming_step_and_lr(tiny_cls, tmp_path):
+    total = 20
+    cfg = _train_cfg(batch_size=4, lr=1e30, max_steps=total, eval_every=total, patience=0, warmup_ratio=0.0)
+    with pytest.raises(TrainingFailed) as caught:
+        train(tiny_cls, TextClassification(["a", "b", "c"]), _toy_data(24), _toy_data(24), cfg, ERM(), seed=0,
+              pad_id=0, log_path=tmp_path / "log.jsonl", show_progress=False, description="doge-s30-l100 s0")
+    msg = str(caught.value)
+    assert isinstance(caught.value, DogeError) and "\n" not in msg
+    found = re.fullmatch(
+        r"doge-s30-l100 s0: the training loss is (nan|inf) at step (\d+) \(lr (\S+) at that step\); .*",
+        msg,
+    )
+    assert found, msg
+    step = int(found.group(2))
+    assert 2 <= step <= total  # the first step's loss is finite: the huge update breaks the next ones
+    # linear decay without warm-up: step k runs at lr * (total - (k - 1)) / total
+    assert found.group(3) == f"{1e30 * (total - step + 1) / total:.3g}"
+
+
+def test_accelerator_has_the_requested_precision(tiny_cls):
+    """A bf16 run after an fp32 one in the same process trains (and evaluates) in bf16, and back."""
+    data = _toy_data(8)
+    cfg = {"batch_size": 4, "lr": 1e-3, "max_steps": 2, "eval_every": 2, "patience": 0}
+    for precision, dtype in (("no", torch.float32), ("bf16", torch.bfloat16), ("no", torch.float32)):
+        model = copy.deepcopy(tiny_cls)
+        seen: set[torch.dtype] = set()
+        model.classifier.register_forward_hook(lambda _m, _i, out, seen=seen: seen.add(out.dtype))
+        train(model, TextClassification(["a", "b", "c"]), data, data, _train_cfg(mixed_precision=precision, **cfg),
+              ERM(), seed=0, pad_id=0, show_progress=False)
+        assert seen == {dtype}, precision
+        acc = get_accelerator(precision)
+        assert acc.mixed_precision == precision and get_accelerator(precision) is acc
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused on CPU only")
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(DogeError, match="fp16.*CUDA"):
+        get_accelerator("fp16")
+    assert get_accelerator("no").mixed_precision == "no"

@@ -10,8 +10,3 @@ class DogeError(Exception):
 
 class TrainingFailed(DogeError):
     """One training of a sweep failed (e.g. a non-finite loss); the sweep goes on with the others."""
-
-
-class TrainingFailed(DogeError):
-    """A training run that cannot go on (e.g. a NaN or infinite loss); the message names the run, the
-    step and the learning rate. A sweep records the failure and goes on with its other runs."""

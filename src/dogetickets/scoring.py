@@ -69,7 +69,13 @@ def expressive_scores(
     device: torch.device | str = "cpu",
     show_progress: bool = True,
 ) -> DomainScores:
-    """Accumulate |dL_i/dgate| per domain over `data` (eval mode: no dropout)."""
+    """Accumulate |dL_i/dgate| per domain over `data` (eval mode: no dropout).
+
+    The model comes back as it came: every submodule's train/eval mode and every parameter's
+    requires_grad are restored.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    needs_grad = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -89,8 +95,10 @@ def expressive_scores(
                 count += torch.bincount(dom, minlength=D)
                 advance(len(idx))
     finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
+        for m, training in modes:
+            m.training = training
+        for p, flag in needs_grad:
+            p.requires_grad_(flag)
     return DomainScores(list(data.domain_names), head_sum.numpy(), ffn_sum.numpy(), count.numpy())
 
 

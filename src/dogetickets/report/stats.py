@@ -1,6 +1,6 @@
 """Paired bootstrap over test examples.
 
-Statistic: the mean over test domains of the per-domain metric (accuracy, or seqeval entity F1 for
+Statistic: the mean over test domains of the per-domain metric (accuracy, or strict-IOB2 entity F1 for
 NER), for run A minus run B, where A and B are the dev-selected configurations of two methods.
 
 Resampling: each replicate draws, within every test domain separately, as many examples as the domain
@@ -15,9 +15,10 @@ CI: 2.5/97.5 percentiles of the replicate values. Two-sided p-value of "no diffe
 distribution shifted to mean zero under the null, p = (1 + #{|d* - d| >= |d|}) / (1 + n_boot).
 
 Entity F1 on a resample is computed from per-sentence counts (true positives, predicted and gold
-entities, found with seqeval's own ``get_entities``): summing them over the drawn sentences and taking
-2 TP / (P + G) is exactly ``seqeval.metrics.f1_score`` (default mode) on the drawn list of sequences,
-without a Python loop per replicate.
+entities under strict IOB2), with the very functions the metric uses (``data.tasks.entity_counts`` and
+``entity_f1``): summing the counts over the drawn sentences and taking 2 TP / (P + G) is the table's
+entity F1 (``TokenTagging.score``, seqeval's strict mode) on the drawn list of sequences, to the bit on
+the observed data, without a Python loop per replicate.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dogetickets.data.tasks import entity_counts, entity_f1
 from dogetickets.errors import DogeError
 from dogetickets.report.collect import load_predictions
 
 BOOTSTRAP_METHOD = (
     "Paired bootstrap over test examples, resampled with replacement within each test domain "
     "(n_boot={n_boot}, numpy default_rng({seed})); statistic = mean over test domains of the per-domain "
-    "metric (accuracy or seqeval entity F1), method minus baseline, each at its dev-selected configuration. "
+    "metric (accuracy or strict-IOB2 entity F1), method minus baseline, each at its dev-selected configuration. "
     "Seeds are pooled by averaging the per-seed differences: every replicate's draw of test examples is "
     "applied to all seeds and the replicate value is the mean of the per-seed differences. "
     "95% CI = percentile interval; two-sided p = (1 + #{{|d* - d| >= |d|}}) / (1 + n_boot)."
@@ -45,25 +47,18 @@ DEFAULT_COMPARISONS: tuple[tuple[str, str], ...] = (("doge", "erm"), ("doge", "w
 _CHUNK = 256
 
 
-def _entities(tags: list[str]) -> set[tuple[str, int, int]]:
-    from seqeval.metrics.sequence_labeling import get_entities
-
-    return set(get_entities(list(tags)))
-
-
 def example_stats(gold: Any, pred: Any, metric: str) -> tuple[float, ...]:
-    """Additive per-example counts: (correct, 1) for accuracy, (tp, predicted, gold) for entity F1."""
+    """Additive per-example counts: (correct, 1) for accuracy, (tp, predicted, gold) for entity F1
+    (strict IOB2, the metric's own :func:`~dogetickets.data.tasks.entity_counts`)."""
     if metric == "entity_f1":
-        g, p = _entities(gold), _entities(pred)
-        return float(len(g & p)), float(len(p)), float(len(g))
+        return tuple(float(c) for c in entity_counts(gold, pred))
     return float(gold == pred), 1.0
 
 
 def metric_from_sums(sums: np.ndarray, metric: str) -> np.ndarray:
     """The metric from summed counts (last axis = the counts of :func:`example_stats`)."""
     if metric == "entity_f1":
-        den = sums[..., 1] + sums[..., 2]
-        return np.divide(2.0 * sums[..., 0], den, out=np.zeros_like(den, dtype=float), where=den > 0)
+        return entity_f1(sums[..., 0], sums[..., 1], sums[..., 2])
     return np.divide(sums[..., 0], sums[..., 1], out=np.zeros(sums.shape[:-1]), where=sums[..., 1] > 0)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
@@ -24,23 +25,37 @@ from transformers import get_linear_schedule_with_warmup
 from dogetickets.config import TrainConfig
 from dogetickets.data.batching import collate, model_inputs
 from dogetickets.data.tasks import Encoded, Task
+from dogetickets.errors import DogeError, TrainingFailed
 from dogetickets.evaluate import metrics, predict
 from dogetickets.models.units import Units, apply_masks
 from dogetickets.progress import progress_bar
 from dogetickets.training.objectives import Objective
 
-_ACCELERATORS: dict[str, Accelerator] = {}
+_ACCELERATOR: dict[str, Accelerator] = {}  # at most one: {its mixed precision: it}
 
 
 def get_accelerator(mixed_precision: str = "no") -> Accelerator:
-    """One Accelerator per process (its state is a singleton); CUDA when present, else CPU."""
-    if mixed_precision not in _ACCELERATORS:
-        if _ACCELERATORS:  # the state is process-wide: reuse it rather than re-initialise
-            acc = next(iter(_ACCELERATORS.values()))
-        else:
-            acc = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
-        _ACCELERATORS[mixed_precision] = acc
-    return _ACCELERATORS[mixed_precision]
+    """The process's Accelerator, with the requested mixed precision; CUDA when present, else CPU.
+
+    Accelerate keeps its state process-wide and refuses to change the precision of a live state. Asking
+    for another precision than the current accelerator's therefore resets that state (not the device
+    and process-group set-up, which Accelerate keeps apart in PartialState) and creates a new Accelerator;
+    one obtained before the switch must not be used after it. fp16 autocast needs CUDA: on CPU,
+    Accelerate would silently train in fp32, so it is refused.
+    """
+    if mixed_precision in _ACCELERATOR:
+        return _ACCELERATOR[mixed_precision]
+    cpu = not torch.cuda.is_available()
+    if mixed_precision == "fp16" and cpu:
+        raise DogeError(
+            "train.mixed_precision = 'fp16' needs a CUDA GPU (on CPU it would silently train in fp32); "
+            "use 'bf16' or 'no'"
+        )
+    if _ACCELERATOR:
+        AcceleratorState._reset_state()
+        _ACCELERATOR.clear()
+    _ACCELERATOR[mixed_precision] = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    return _ACCELERATOR[mixed_precision]
 
 
 @dataclass
@@ -133,6 +148,8 @@ def train(
                     with acc.autocast():
                         logits = wrapped(**model_inputs(batch)).logits
                     loss = objective.loss(task, logits, batch, step)
+                    loss_value = float(loss.item())
+                    _check_finite(acc, loss_value, description, step, optimizer)
                     acc.backward(loss)
                     if cfg.max_grad_norm > 0:
                         acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
@@ -147,14 +164,14 @@ def train(
                     if objective.resets_optimizer(step):
                         optimizer = acc.prepare(make_optimizer())
                         scheduler = get_linear_schedule_with_warmup(optimizer, 0, total - step)
-                    advance(1, info=f"loss {loss.item():.3f}" + (f" dev {best_dev:.3f}" if history else ""))
+                    advance(1, info=f"loss {loss_value:.3f}" + (f" dev {best_dev:.3f}" if history else ""))
                     if step % eval_every == 0 or step == total:
                         dev_preds = predict(
                             unwrapped, task, dev_data, cfg.eval_batch_size, pad_id, acc.device,
                             autocast=acc.autocast,
                         )
                         dev = metrics(task, dev_data, dev_preds)["score"]
-                        entry = {"step": step, "epoch": epoch, "loss": float(loss.item()), "dev": dev}
+                        entry = {"step": step, "epoch": epoch, "loss": loss_value, "dev": dev}
                         history.append(entry)
                         if log:
                             log.write(json.dumps(entry) + "\n")
@@ -188,6 +205,20 @@ def train(
         history=history,
         best_dev_predictions=best_preds,
     )
+
+
+def _check_finite(acc: Accelerator, loss: float, run: str, step: int, optimizer: torch.optim.Optimizer) -> None:
+    """Stop the run on a NaN or infinite loss, before it reaches the weights (every process at once)."""
+    bad = not math.isfinite(loss)
+    if acc.num_processes > 1:  # a process stopping alone would leave the others waiting in all-reduce
+        bad = bool(acc.reduce(torch.tensor(float(bad), device=acc.device), reduction="sum").item() > 0)
+    if bad:
+        lr = optimizer.param_groups[0]["lr"]
+        what = f"the training loss is {loss}" if not math.isfinite(loss) else "another process's loss is not finite"
+        raise TrainingFailed(
+            f"{run}: {what} at step {step + 1} (lr {lr:.3g} at that step); "
+            "run stopped (lower train.lr, or check the data)"
+        )
 
 
 def _max_len(data: Encoded) -> int:
