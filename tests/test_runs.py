@@ -114,6 +114,16 @@ def test_new_test_domains_reevaluate_the_saved_models(copy):
     assert written["test_domains"] == ["Automotive", "Software"]
 
 
+def test_the_report_leaves_out_runs_evaluated_on_other_test_domains(copy):
+    from dogetickets.report.collect import load_runs
+
+    cfg, out, _ = copy
+    _run(cfg, out, **{"data.test_domains": ["Automotive"], "tickets.methods": ["doge"]})  # random: not re-evaluated
+    runs = load_runs(out)
+    assert sorted(runs["name"]) == ["doge-s20-l100", "erm"]
+    assert "test:Automotive" in runs.columns and "test:Software" not in runs.columns
+
+
 def test_new_test_domains_without_saved_models(tmp_path, data_dir):
     cfg = tmp_path / "c.toml"
     cfg.write_text(tiny_run_toml(tmp_path / "run", data_dir))

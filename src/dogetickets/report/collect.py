@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,16 +79,35 @@ def seed_dirs(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def finished_run_dirs(run_dir: Path) -> Iterator[tuple[int, Path]]:
-    """(seed, folder) of every finished run (baselines and rewound tickets)."""
+    """(seed, folder) of every finished run (baselines and rewound tickets) whose test numbers are on
+    the test domains of the run directory's config.toml (a run evaluated on others is left out)."""
+    wanted = _test_domains(run_dir)
     for seed, sdir in seed_dirs(run_dir):
-        for base in BASELINES:
-            if is_done(sdir / base) and (sdir / base / "metrics.json").is_file():
-                yield seed, sdir / base
-        rewind = sdir / "rewind"
-        if rewind.is_dir():
-            for child in sorted(rewind.iterdir()):
-                if child.is_dir() and is_done(child) and (child / "metrics.json").is_file():
-                    yield seed, child
+        folders = [sdir / base for base in BASELINES]
+        if (sdir / "rewind").is_dir():
+            folders += sorted(c for c in (sdir / "rewind").iterdir() if c.is_dir())
+        for folder in folders:
+            if is_done(folder) and (folder / "metrics.json").is_file() and _on_domains(folder, wanted):
+                yield seed, folder
+
+
+def _test_domains(run_dir: Path) -> list[str] | None:
+    """The test domains the run directory's config names, or None when it has no readable config."""
+    try:
+        raw = tomllib.loads((Path(run_dir) / "config.toml").read_text(encoding="utf-8"))
+        return list(raw["data"]["test_domains"])
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        return None
+
+
+def _on_domains(folder: Path, wanted: list[str] | None) -> bool:
+    if wanted is None:
+        return True
+    try:
+        evaluated = read_json(folder / "metrics.json").get("eval")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return True  # _row reports the damaged file
+    return evaluated is None or evaluated.get("test_domains") == wanted
 
 
 def _float(x: Any) -> float:
