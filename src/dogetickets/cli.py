@@ -1,4 +1,9 @@
-"""`doge`: one thin command per stage; a DogeError becomes one line on stderr and exit code 2."""
+"""`doge`: one thin command per stage.
+
+Failures end cleanly: a DogeError or a usage error is one line on stderr and exit code 2, Ctrl-C is
+"interrupted" and exit code 130; never a traceback. Heavy modules (torch, transformers) are imported
+inside the commands, so `doge --help` is quick.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ ModelOpt = Annotated[str | None, typer.Option("--model", help="'minilm' (package
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config key: --set train.lr=3e-5 (TOML value)")
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress messages: print only results and paths")]
 
 
 def _overrides(data_dir: str | None, out: str | None, model: str | None, sets: list[str] | None) -> dict:
@@ -132,12 +137,14 @@ def report(
     out: Annotated[Path | None, typer.Option("--out", help="Where to write (default: the first run dir)")] = None,
     n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed")] = 0,
+    quiet: QuietOpt = False,
 ) -> None:
     """report.md/.html, CSVs and figures: Table 2 (dev-selected), paired bootstrap, transitions, lambda, scores."""
     from dogetickets.report import write_report
 
     path = write_report(run_dirs, out=out, n_boot=n_boot, seed=seed)
-    typer.echo(path.read_text(encoding="utf-8"))
+    if not quiet:
+        typer.echo(path.read_text(encoding="utf-8"))
     typer.echo(f"report: {path} (and {path.with_suffix('.html')})")
 
 
@@ -160,15 +167,20 @@ def analyze(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, 
 @app.command("export")
 def export_cmd(
     src: Annotated[Path, typer.Argument(help="A rewind run folder (model/ + ticket.json) or a ticket file")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the physically pruned model")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="Folder for the physically pruned model: new, empty, or a previous export (replaced)")],
     model_dir: Annotated[Path | None, typer.Option("--model-dir", help="The masked model, if not beside")] = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Physically pruned model (layers keep different head counts), saved with save_pretrained."""
     from dogetickets.models.export import export_run
 
     path = export_run(src, out, model_dir=model_dir)
-    typer.echo(f"pruned model: {path} (load with dogetickets.load_pruned or, after `import dogetickets`, "
-               "the transformers Auto classes)")
+    if quiet:
+        typer.echo(str(path))
+    else:
+        typer.echo(f"pruned model: {path} (load with dogetickets.load_pruned or, after `import dogetickets`, "
+                   "the transformers Auto classes)")
 
 
 @app.command()
@@ -178,6 +190,7 @@ def bench(
     tickets: Annotated[list[Path] | None, typer.Option("--ticket", help="Ticket file(s) instead")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the results as JSON")] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed repeats per model")] = 8,
+    quiet: QuietOpt = False,
 ) -> None:
     """Inference/training throughput, batch-1 latency, parameters and FLOPs: exported tickets vs full."""
     from rich.console import Console
@@ -191,30 +204,36 @@ def bench(
         raise DogeError(f"--sparsities {sparsities!r}: expected numbers like 0,0.15,0.3") from None
     loaded = [Ticket.load(t) for t in tickets] if tickets else None
     result = run_bench(model or "minilm", tickets=loaded, sparsities=levels, out=out, repeats=repeats,
-                       log=lambda m: typer.echo(m, err=True))
+                       log=None if quiet else lambda m: typer.echo(m, err=True))
     Console(width=200).print(format_bench(result))
+
+
+def _usage_error(exc: typer.TyperException) -> None:
+    """One line, like a DogeError; but `doge` or `doge data` alone show the group's help."""
+    message = exc.format_message().strip()
+    if not message or "\n" in message:  # the help (typer's rich help has printed itself and left no message)
+        if message:
+            typer.echo(message, err=True)
+        return
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    typer.echo(f"error: {message}{hint}", err=True)
 
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # the exit code of a typer.Exit (130 after Ctrl-C), else None
     except DogeError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except typer.TyperException as exc:  # click's usage errors (typer >= 0.26 raises those of its own copy of click)
+        _usage_error(exc)
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    if code == 130:
         typer.echo("interrupted", err=True)
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ output), with no matmul. The per-layer structure goes into the config:
 * ``doge_base_model_type``: the architecture it came from ("bert", "roberta", ...).
 
 The config's ``model_type`` becomes ``doge-<base>`` (e.g. ``doge-bert``), a type registered with
-`transformers`' Auto classes by `register_auto_classes` (called on ``import dogetickets``), whose
-model classes are the stock ones plus a constructor that builds the pruned shapes from the config; so
+`transformers`' Auto classes by `register_auto_classes` (after ``import dogetickets``, as soon as
+`transformers` is imported), whose model classes are the stock ones plus a constructor that builds the
+pruned shapes from the config; so
 ``AutoModelForSequenceClassification.from_pretrained(folder)`` (or ``ForTokenClassification``,
 ``AutoModel``) loads the pruned model in any process, on any device.
 """
@@ -19,6 +20,8 @@ model classes are the stock ones plus a constructor that builds the pruned shape
 from __future__ import annotations
 
 import copy
+import json
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -310,15 +313,18 @@ def load_pruned(path: str | Path, device: str | torch.device | None = None) -> n
     """An exported model (or any saved model) by the class named in its config, in eval mode."""
     from transformers import AutoConfig
 
-    from dogetickets.models.resolve import quiet_transformers
+    from dogetickets.models.resolve import LOAD_ERRORS, first_line, quiet_transformers
 
     register_auto_classes()
     quiet_transformers()
     path = Path(path)
     if not (path / "config.json").is_file():
         raise DogeError(f"{path}: no saved model here (config.json missing)")
-    config = AutoConfig.from_pretrained(path)
-    model = _stock_class(config).from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+        model = _stock_class(config).from_pretrained(path)
+    except LOAD_ERRORS as exc:
+        raise DogeError(f"{path}: the saved model cannot be read ({first_line(exc)})") from None
     if device is not None:
         model.to(device)
     return model.eval()
@@ -339,10 +345,27 @@ def _find_inputs(src: Path, model_dir: Path | None) -> tuple[Path, Path]:
     return ticket_path, model_dir
 
 
+def _is_export(folder: Path) -> bool:
+    """Whether `folder` holds a model written by `export_run`."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (folder / "ticket.json").is_file() and isinstance(config, dict) and "doge_heads" in config
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DogeError(f"{out}: exists and is not a folder; --out must be a folder")
+    if out.is_dir() and any(out.iterdir()) and not _is_export(out):
+        raise DogeError(f"{out}: a folder that is neither empty nor a previous export; choose another --out")
+
+
 def export_run(src: str | Path, out: str | Path, model_dir: str | Path | None = None) -> Path:
     """Export a rewind run (folder with model/ and ticket.json, or its ticket file) to `out`.
 
     Writes the pruned model (safetensors), its tokenizer when the source has one, and the ticket.
+    `out` must be new, empty, or a previous export (which is replaced); it is written whole or not at all.
     """
     from transformers import AutoTokenizer
 
@@ -353,16 +376,29 @@ def export_run(src: str | Path, out: str | Path, model_dir: str | Path | None = 
     out = Path(out)
     if out.resolve() == model_dir.resolve():
         raise DogeError(f"{out}: the output folder is the source model's folder; choose another")
+    _check_out(out)
     ticket = Ticket.load(ticket_path)
     model = load_pruned(model_dir)
     export_pruned(model, ticket, where=str(ticket_path))
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError, TypeError):
         tokenizer = None
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
-    shutil.copyfile(ticket_path, out / "ticket.json")
+
+    # written beside `out`, then renamed: an interrupted export leaves no half-written folder
+    out.parent.mkdir(parents=True, exist_ok=True)
+    final = out.resolve()
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        shutil.copyfile(ticket_path, tmp / "ticket.json")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
