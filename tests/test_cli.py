@@ -62,7 +62,7 @@ def _no_done(out: Path) -> None:
     [
         ("malformed", {"Automotive__train": [GOOD[0], "{not json"]}, ["Automotive/train.json:2", "malformed JSON"]),
         ("bad label", {"All_Beauty__dev": [json.dumps({"text": "x", "label": 7})]},
-         ["All_Beauty/dev.json:1", "label 7 is not in the label set"]),
+         ["All_Beauty/dev.json:1", "label '7' is not in the label set"]),
         ("empty", {"Software__test": []}, ["Software", "no examples"]),
         ("missing field", {"All_Beauty__train": [json.dumps({"label": 1})]},
          ["All_Beauty/train.json:1", "missing field 'text'"]),

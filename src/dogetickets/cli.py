@@ -73,8 +73,12 @@ def run(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, mode
 
     pipe = _pipeline(config, data_dir, out, model, set_, quiet)
     results = pipe.run()
-    print_results(results)
-    typer.echo(f"results: {pipe.out / 'results.md'}")
+    if results:  # empty when every run failed
+        print_results(results)
+        typer.echo(f"results: {pipe.out / 'results.md'}")
+    failure = pipe.failure()
+    if failure is not None:
+        raise failure
 
 
 @app.command()
