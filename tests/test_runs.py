@@ -257,6 +257,16 @@ def test_a_changed_fixed_setting_names_the_key(copy):
     _one_line_error(res, "train.lr", "another run.out")
 
 
+def test_a_config_key_added_since_counts_as_its_default(copy):
+    """A run directory from before a [train] key existed reopens when the key keeps its default."""
+    cfg, out, results = copy
+    text = (out / "config.toml").read_text()
+    (out / "config.toml").write_text("\n".join(x for x in text.splitlines() if not x.startswith("physical")))
+    assert _run(cfg, out) == results
+    res = _doge("run", str(cfg), "-q", "--out", str(out), "--set", "train.physical=false")
+    _one_line_error(res, "train.physical")
+
+
 # ---- B: one process at a time on a run directory --------------------------------------------------------
 def test_a_second_run_on_a_busy_directory_is_refused_and_a_killed_one_leaves_no_lock(copy):
     cfg, out, _ = copy

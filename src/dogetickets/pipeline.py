@@ -8,6 +8,7 @@ flow: data -> units -> scores -> tickets -> training -> evaluation -> report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -37,6 +38,7 @@ from dogetickets.io import (
     set_writer,
     write_json,
 )
+from dogetickets.models.export import export_pruned, is_pruned
 from dogetickets.models.resolve import load_model, load_saved, load_tokenizer
 from dogetickets.models.units import Units
 from dogetickets.progress import console, sweep_progress
@@ -112,8 +114,10 @@ class Pipeline:
                 raise DogeError(f"{path}: damaged ({str(exc).splitlines()[0]}); delete it to adopt this config "
                                 "(finished stages are kept where their recorded settings still match)") from None
             for section in FIXED_SECTIONS:
-                why = changed_setting({section: _comparable(old.get(section)) or {}},
-                                      {section: _comparable(new.get(section)) or {}})
+                # a key the old config does not have (added to the tool since) counts as its default
+                defaults = type(getattr(self.cfg, section)).model_construct().model_dump()
+                why = changed_setting({section: _comparable({**defaults, **(old.get(section) or {})})},
+                                      {section: _comparable(new.get(section))})
                 if why:
                     raise DogeError(f"{self.out}: holds a run whose {why} differs from this config; "
                                     "use another run.out (or delete the folder)")
@@ -181,7 +185,7 @@ class Pipeline:
     def _train_settings(self, seed: int, objective: str) -> dict[str, Any]:
         """A training: its starting point, its data, its hyper-parameters and objective."""
         cfg = self.cfg
-        train = {k: v for k, v in cfg.to_dict()["train"].items() if k != "objective"}
+        train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in ("objective", "physical")}
         out = {"init": self._init_settings(seed), "data": _comparable(cfg.to_dict()["data"]),
                "max_length": cfg.model.max_length, "train": train, "objective": objective}
         if objective == "irm":
@@ -338,7 +342,9 @@ class Pipeline:
         ticket = Ticket.load(ticket_path)
         folder = self.layout.rewind(seed, ticket_path.stem)
         objective = self.cfg.train.objective
-        settings = {"ticket": ticket.extra.get("settings"), "trained": self._train_settings(seed, objective)}
+        physical = self.cfg.train.physical
+        settings = {"ticket": ticket.extra.get("settings"), "trained": self._train_settings(seed, objective),
+                    "physical": physical}
         files = RUN_FILES if self.cfg.run.save_models else RUN_FILES[1:]
         if self._finished(folder, {**settings}, ("ticket.json", *files)) and self._evaluated(folder, settings):
             return folder
@@ -347,9 +353,13 @@ class Pipeline:
         ticket.save(folder / "ticket.json")
         info = {"name": ticket_path.stem, "method": ticket.method, "objective": objective,
                 "seed": seed, "target_sparsity": ticket.target_sparsity, "sparsity": ticket.sparsity,
-                "lambda": ticket.lam}
-        self._train_and_evaluate(model, folder, info, seed, objective, ticket.masks(), self.cfg.run.save_models,
-                                 settings)
+                "lambda": ticket.lam, "physical": physical}
+        # The physically pruned model computes what the gated one computes on the kept weights (pruned
+        # units get zero gradient there), only smaller; gated training stays for comparison.
+        masks = None if physical else ticket.masks()
+        if physical:
+            export_pruned(model, ticket, where=str(ticket_path))
+        self._train_and_evaluate(model, folder, info, seed, objective, masks, self.cfg.run.save_models, settings)
         return folder
 
     def _evaluated(self, folder: Path, settings: dict[str, Any]) -> bool:
@@ -369,9 +379,11 @@ class Pipeline:
         old = read_json_or_none(folder / "metrics.json")
         if not isinstance(old, dict) or not isinstance(old.get("run"), dict):
             raise DogeError(f"{folder / 'metrics.json'}: damaged; delete {folder} to train this run again")
-        masks = Ticket.load(folder / "ticket.json").masks() if (folder / "ticket.json").is_file() else None
+        model = self._load(folder / "model")
+        gated = (folder / "ticket.json").is_file() and not is_pruned(model)  # a full-size model trained gated
+        masks = Ticket.load(folder / "ticket.json").masks() if gated else None
         clear_done(folder)
-        self._evaluate(self._load(folder / "model"), folder, old["run"], masks, old.get("train", {}))
+        self._evaluate(model, folder, old["run"], masks, old.get("train", {}))
         mark_done(folder, settings)
 
     def _train_and_evaluate(
@@ -416,12 +428,11 @@ class Pipeline:
         """Dev and test predictions and metrics of a trained model -> predictions.jsonl, metrics.json."""
         d = self.data
         model.to(self.device)
-        units = Units(model)
-        head, ffn = masks if masks is not None else (torch.ones(units.num_layers, units.num_heads),
-                                                      torch.ones(units.num_layers))
         out: dict[str, Any] = {"run": info, "metric": d.task.metric, "eval": self._eval_settings()}
         rows: list[dict[str, Any]] = []
-        with units.gated(head.to(self.device), ffn.to(self.device)):
+        gates = (Units(model).gated(masks[0].to(self.device), masks[1].to(self.device)) if masks is not None
+                 else contextlib.nullcontext())
+        with gates:
             for split, data in (("dev", d.dev), ("test", d.test)):
                 if split == "dev" and dev_predictions is not None:
                     preds = dev_predictions  # the kept checkpoint was chosen on exactly these

@@ -255,6 +255,13 @@ def check_ticket(ticket: Ticket, num_layers: int, num_heads: int, where: str = "
         )
 
 
+def kept_units(ticket: Ticket, num_layers: int, num_heads: int) -> tuple[list[list[int]], list[bool]]:
+    """The kept head indices of every layer and whether every layer keeps its FFN block."""
+    pruned = {int(k): set(v) for k, v in ticket.pruned_heads.items()}
+    heads = [[h for h in range(num_heads) if h not in pruned.get(i, set())] for i in range(num_layers)]
+    return heads, [i not in set(ticket.pruned_ffn) for i in range(num_layers)]
+
+
 def export_pruned(model: nn.Module, ticket: Ticket, where: str = "ticket") -> nn.Module:
     """Remove the ticket's heads and FFN blocks from `model` in place; returns the same object.
 
@@ -277,9 +284,7 @@ def export_pruned(model: nn.Module, ticket: Ticket, where: str = "ticket") -> nn
     num_layers = len(layer_list(model, s))
     check_ticket(ticket, num_layers, num_heads, where)
 
-    pruned = {int(k): set(v) for k, v in ticket.pruned_heads.items()}
-    heads = [[h for h in range(num_heads) if h not in pruned.get(i, set())] for i in range(num_layers)]
-    ffn = [i not in set(ticket.pruned_ffn) for i in range(num_layers)]
+    heads, ffn = kept_units(ticket, num_layers, num_heads)
     _restructure(model, heads, ffn, copy=True)
 
     # a config of its own (the caller's may be shared with other models), of class doge-<base>
@@ -378,12 +383,24 @@ def export_run(src: str | Path, out: str | Path, model_dir: str | Path | None = 
         raise DogeError(f"{out}: the output folder is the source model's folder; choose another")
     _check_out(out)
     ticket = Ticket.load(ticket_path)
-    model = load_pruned(model_dir)
-    export_pruned(model, ticket, where=str(ticket_path))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError, TypeError):
-        tokenizer = None
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    if "doge_heads" in config:  # a rewind trained physically pruned: already the exported model, copied
+        if [config["doge_heads"], config["doge_ffn"]] != list(kept_units(ticket, ticket.num_layers, ticket.num_heads)):
+            raise DogeError(f"{model_dir}: a pruned model whose heads and FFN blocks are not those of {ticket_path}")
+
+        def write(tmp: Path) -> None:
+            shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+    else:
+        model = export_pruned(load_pruned(model_dir), ticket, where=str(ticket_path))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        except (OSError, ValueError, TypeError):
+            tokenizer = None
+
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
 
     # written beside `out`, then renamed: an interrupted export leaves no half-written folder
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -392,9 +409,7 @@ def export_run(src: str | Path, out: str | Path, model_dir: str | Path | None = 
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        write(tmp)
         shutil.copyfile(ticket_path, tmp / "ticket.json")
         if final.exists():
             shutil.rmtree(final)
