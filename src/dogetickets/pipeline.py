@@ -85,7 +85,8 @@ class Pipeline:
         self.started = time.perf_counter()
         self.failed: dict[str, str] = {}  # run -> why, for the runs of a sweep that failed
         self._lock = RunLock(self.layout.lock)
-        self._scores: dict[int, UnitScores] = {}
+        self._scores: dict[int, UnitScores] = {}  # per seed, once computed or read
+        self._shapes: dict[int, Shape] = {}
 
     def _say(self, message: str) -> None:
         """Progress messages: on the main process, unless quiet."""
@@ -303,7 +304,10 @@ class Pipeline:
         return UnitScores.from_domain_scores(raw, t.normalize_heads, t.normalize_ffn)
 
     def shape(self, seed: int) -> Shape:
-        return Shape.of(Units(self._load(self.rewind_point(seed))))
+        """The model's units and parameter counts (read once per seed)."""
+        if seed not in self._shapes:
+            self._shapes[seed] = Shape.of(Units(self._load(self.rewind_point(seed))))
+        return self._shapes[seed]
 
     def ticket(self, seed: int, spec: TicketSpec) -> Path:
         """The ticket of one method x sparsity (x lambda), saved as JSON with the settings that chose it."""
