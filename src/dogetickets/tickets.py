@@ -1,17 +1,30 @@
 """Tickets: which heads and FFN blocks are pruned, chosen by score (doge, winning) or at random.
 
 Sparsity is the share of the encoder layers' parameters removed; a head owns its slices of Q, K, V,
-O (and the Q, K, V biases), an FFN block both its linear layers. Units are pruned lowest score first;
-a unit that would carry the achieved sparsity past the target is skipped and the next one tried.
-When the heads run out before the target is reached (high sparsity), the lowest-scored skipped FFN
-block is taken and the highest-scored pruned heads are given back while the target stays reached.
-So every method of a sweep lands within one head of the target, and of each other. At least one
-head is kept in every layer.
+O (and the Q, K, V biases), an FFN block both its linear layers. At least one head is kept in every
+layer. The allocation decides how the target is split between heads and FFN blocks:
+
+- ``global``: heads and FFN blocks on one list, lowest score first; a unit that would carry the
+  achieved sparsity past the target is skipped and the next one tried. When the heads run out before
+  the target is reached (high sparsity), the lowest-scored skipped FFN block is taken and the
+  highest-scored pruned heads are given back while the target stays reached. Head and FFN scores are
+  normalized differently and an FFN block is ~24 heads (BERT), so at low sparsity this prunes mostly heads.
+- ``proportional``: each kind loses the target's share of its own parameters: round(target x layers)
+  FFN blocks, and heads fill the rest of the target.
+- ``balanced``: the released scripts' schedule, half of the pruned parameters from each kind:
+  round(half the target / FFN block) FFN blocks, and heads fill the rest. On BERT-base this gives
+  23 of the scripts' 24 (heads, FFN blocks) pairs at their own sparsities (see the tests).
+
+In both split allocations the FFN count is the nearest (halves up) to its share for which the heads,
+rounded to the nearest head, fill the rest of the target (at most H-1 per layer); if none can, the
+count that lands closest. So every allocation lands within one head of the target. Heads are then
+ranked among heads only and FFN blocks among FFN blocks only, lowest score first, ties by position.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +34,8 @@ import torch
 
 from dogetickets.errors import DogeError
 from dogetickets.io import atomic_write_text
+
+ALLOCATIONS = ("global", "proportional", "balanced")
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,7 @@ class Ticket:
     pruned_params: int = 0
     encoder_params: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    allocation: str = "global"  # how the target was split between heads and FFN blocks (ALLOCATIONS)
 
     @property
     def name(self) -> str:
@@ -94,6 +110,8 @@ class Ticket:
         return ticket
 
     def validate(self, where: Any = "ticket") -> None:
+        if self.allocation not in ALLOCATIONS:
+            raise DogeError(f"{where}: unknown allocation {self.allocation!r} (one of {', '.join(ALLOCATIONS)})")
         for layer, heads in self.pruned_heads.items():
             li = int(layer)
             if not 0 <= li < self.num_layers:
@@ -123,20 +141,88 @@ def select(
     method: str,
     lam: float | None = None,
     seed: int | None = None,
+    *,
+    allocation: str = "global",
 ) -> Ticket:
-    """Prune the lowest-scored units (ties broken by position) that fit under `target`."""
+    """Prune the lowest-scored units for `target`, split between heads and FFN blocks by `allocation`."""
     L, H = shape.num_layers, shape.num_heads
+    if allocation not in ALLOCATIONS:
+        raise DogeError(f"unknown allocation {allocation!r} (one of {', '.join(ALLOCATIONS)})")
     head_scores = np.asarray(head_scores, dtype=np.float64)
     ffn_scores = np.asarray(ffn_scores, dtype=np.float64)
     if head_scores.shape != (L, H) or ffn_scores.shape != (L,):
         raise DogeError(
             f"scores have shapes {head_scores.shape} and {ffn_scores.shape}, the model ({L}, {H}) and ({L},)"
         )
+    goal = target * shape.encoder_params
+    if allocation == "global":
+        pruned_heads, pruned_ffn = _select_global(head_scores, ffn_scores, shape, goal)
+    else:
+        ffn_share = target * L if allocation == "proportional" else goal / (2 * shape.ffn_params)
+        n_heads, n_ffn = split_target(shape, goal, ffn_share)
+        pruned_heads = _lowest_heads(head_scores, n_heads)
+        pruned_ffn = sorted(range(L), key=lambda li: (ffn_scores[li], li))[:n_ffn]
+    pruned = sum(map(len, pruned_heads.values())) * shape.head_params + len(pruned_ffn) * shape.ffn_params
+    return Ticket(
+        method=method,
+        target_sparsity=float(target),
+        sparsity=pruned / shape.encoder_params,
+        pruned_heads={str(li): sorted(hs) for li, hs in sorted(pruned_heads.items())},
+        pruned_ffn=sorted(pruned_ffn),
+        num_layers=L,
+        num_heads=H,
+        lam=lam,
+        seed=seed,
+        pruned_params=pruned,
+        encoder_params=shape.encoder_params,
+        allocation=allocation,
+    )
+
+
+def split_target(shape: Shape, goal: float, ffn_share: float) -> tuple[int, int]:
+    """(heads, FFN blocks) for `goal` pruned parameters: the FFN count nearest `ffn_share`, heads fill the rest."""
+    max_heads = shape.num_layers * (shape.num_heads - 1)
+
+    def heads_for(n_ffn: int) -> int:
+        rest = (goal - n_ffn * shape.ffn_params) / shape.head_params
+        return min(max(math.floor(rest + 0.5), 0), max_heads)
+
+    def miss(n_ffn: int) -> float:
+        return abs(heads_for(n_ffn) * shape.head_params + n_ffn * shape.ffn_params - goal)
+
+    counts = range(shape.num_layers + 1)
+    filled = [n for n in counts if miss(n) <= shape.head_params / 2]
+    if filled:  # nearest the share, halves up
+        n_ffn = min(filled, key=lambda n: (abs(n - ffn_share), -n))
+    else:  # the target is out of reach: land as close as the units allow
+        n_ffn = min(counts, key=lambda n: (miss(n), abs(n - ffn_share)))
+    return heads_for(n_ffn), n_ffn
+
+
+def _lowest_heads(head_scores: np.ndarray, n: int) -> dict[int, list[int]]:
+    """The `n` lowest-scored heads (ties by position), skipping a layer's last head."""
+    L, H = head_scores.shape
+    heads_left = [H] * L
+    pruned: dict[int, list[int]] = {}
+    for _, li, h in sorted((head_scores[li, h], li, h) for li in range(L) for h in range(H)):
+        if n == 0:
+            break
+        if heads_left[li] > 1:
+            heads_left[li] -= 1
+            pruned.setdefault(li, []).append(h)
+            n -= 1
+    return pruned
+
+
+def _select_global(
+    head_scores: np.ndarray, ffn_scores: np.ndarray, shape: Shape, goal: float
+) -> tuple[dict[int, list[int]], list[int]]:
+    """Heads and FFN blocks on one list, lowest score first, skipping units that overshoot `goal`."""
+    L, H = shape.num_layers, shape.num_heads
     # unit list: (score, kind, layer, head); kind 0 = head, 1 = ffn
     units = [(head_scores[li, h], 0, li, h) for li in range(L) for h in range(H)]
     units += [(ffn_scores[li], 1, li, -1) for li in range(L)]
     units.sort(key=lambda u: (u[0], u[1], u[2], u[3]))
-    goal = target * shape.encoder_params
     pruned = 0
     heads_left = [H] * L
     pruned_heads: dict[int, list[int]] = {}
@@ -171,27 +257,15 @@ def select(
                 pruned_heads[hl].remove(h)
                 pruned -= shape.head_params
             pruned_heads = {k: v for k, v in pruned_heads.items() if v}
-    return Ticket(
-        method=method,
-        target_sparsity=float(target),
-        sparsity=pruned / shape.encoder_params,
-        pruned_heads={str(li): sorted(hs) for li, hs in sorted(pruned_heads.items())},
-        pruned_ffn=sorted(pruned_ffn),
-        num_layers=L,
-        num_heads=H,
-        lam=lam,
-        seed=seed,
-        pruned_params=pruned,
-        encoder_params=shape.encoder_params,
-    )
+    return pruned_heads, pruned_ffn
 
 
-def random_ticket(shape: Shape, target: float, seed: int) -> Ticket:
+def random_ticket(shape: Shape, target: float, seed: int, *, allocation: str = "global") -> Ticket:
     """Random units at the same sparsity: selection on seeded uniform scores."""
     rng = np.random.default_rng(seed)
     heads = rng.random((shape.num_layers, shape.num_heads))
     ffn = rng.random(shape.num_layers)
-    return select(heads, ffn, shape, target, "random", seed=seed)
+    return select(heads, ffn, shape, target, "random", seed=seed, allocation=allocation)
 
 
 def no_ticket(shape: Shape) -> Ticket:
