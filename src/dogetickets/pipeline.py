@@ -201,7 +201,8 @@ class Pipeline:
     def _ticket_settings(self, seed: int, spec: TicketSpec) -> dict[str, Any]:
         method, sparsity, lam = spec
         source = self._init_settings(seed) if method == "random" else self._scores_settings(seed)
-        return {"method": method, "target_sparsity": sparsity, "lambda": lam, "seed": seed, "from": source}
+        return {"method": method, "target_sparsity": sparsity, "lambda": lam, "seed": seed,
+                "allocation": self.cfg.tickets.allocation, "from": source}
 
     def _eval_settings(self) -> dict[str, Any]:
         """What the test numbers of metrics.json were computed on (may change on a finished run)."""
@@ -323,14 +324,15 @@ class Pipeline:
             except DogeError:
                 why = "the file is damaged"
             self._warn(f"{path}: choosing this ticket again ({why})")
-        shape = self.shape(seed)
+        shape, allocation = self.shape(seed), self.cfg.tickets.allocation
         if method == "random":
-            ticket = random_ticket(shape, sparsity, seed)
+            ticket = random_ticket(shape, sparsity, seed, allocation=allocation)
         elif method == "winning":
-            ticket = select(*self.scores(seed).winning(), shape, sparsity, "winning", seed=seed)
+            ticket = select(*self.scores(seed).winning(), shape, sparsity, "winning", seed=seed, allocation=allocation)
         else:
             assert lam is not None
-            ticket = select(*self.scores(seed).doge(lam), shape, sparsity, "doge", lam=lam, seed=seed)
+            ticket = select(*self.scores(seed).doge(lam), shape, sparsity, "doge", lam=lam, seed=seed,
+                            allocation=allocation)
         ticket.extra["settings"] = settings
         ticket.save(path)
         return path
