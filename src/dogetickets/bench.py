@@ -78,6 +78,28 @@ def _paired(base: list[float], times: list[float]) -> float:
     return statistics.median(b / t for b, t in zip(base, times, strict=True))
 
 
+def bench_device(name: str | torch.device = "auto") -> torch.device:
+    """The device to bench on: "auto" (CUDA when present, else the CPU), "cpu", "cuda" or "cuda:N"; one that
+    is not here is a DogeError."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise DogeError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DogeError(f"device {name!r}: no CUDA GPU here")
+        if dev.index is not None and dev.index >= count:
+            raise DogeError(f"device {name!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return dev
+
+
 def _load(model: str | Path | nn.Module, task: str) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
@@ -108,18 +130,18 @@ def run_bench(
     warmup: int = 1,
     seed: int = 0,
     task: str = "text",
-    device: str | torch.device | None = None,
+    device: str | torch.device = "auto",
     out: str | Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Time the full model and the exported tickets (random tickets at `sparsities` unless `tickets`).
 
     `model` is a model name or folder of an unpruned encoder (a task head is added if it has none) or a
-    loaded model. Returns (and writes to `out` as JSON) one row per model with absolute numbers and
-    ratios against the full model.
+    loaded model. `device` as `bench_device` takes it. Returns (and writes to `out` as JSON) one row per
+    model with absolute numbers and ratios against the full model.
     """
     say = log or (lambda _msg: None)
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    dev = bench_device(device)
     full = _load(model, task).eval()
     if is_pruned(full):
         raise DogeError(f"model '{model}' is already pruned: bench the unpruned model and tickets")

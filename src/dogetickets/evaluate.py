@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from dogetickets.data.batching import batch_indices, collate, model_inputs
+from dogetickets.data.batching import batch_indices, collate, model_inputs, to_device
 from dogetickets.data.tasks import Encoded, Task
 from dogetickets.progress import progress_bar
 
@@ -31,8 +32,7 @@ def predict(
     preds: list = [None] * len(data)
     with progress_bar(description, total=len(data), enabled=show_progress) as advance:
         for idx in batch_indices(data.lengths, batch_size, shuffle=False):
-            batch = collate(data, idx, pad_id)
-            inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+            inputs = to_device(model_inputs(collate(data, idx, pad_id)), device)
             if autocast is not None:
                 with autocast():
                     logits = model(**inputs).logits
@@ -43,6 +43,19 @@ def predict(
             advance(len(idx))
     model.train(was_training)
     return preds
+
+
+def shard(n: int, index: int, count: int) -> np.ndarray:
+    """The share of process `index` of `count` in n examples: every count-th one from `index`."""
+    return np.arange(n)[index::count]
+
+
+def unshard(parts: Sequence[list]) -> list:
+    """What `shard` split, in example order again: `parts[k]` holds the values of process k's share."""
+    out: list = [None] * sum(len(p) for p in parts)
+    for k, part in enumerate(parts):
+        out[k :: len(parts)] = part
+    return out
 
 
 def metrics(task: Task, data: Encoded, preds: list) -> dict[str, Any]:

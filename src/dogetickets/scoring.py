@@ -12,13 +12,15 @@ domains; the winning-ticket score is the expressive score of all training data p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from dogetickets.data.batching import batch_indices, collate, model_inputs
+from dogetickets.data.batching import batch_indices, collate, model_inputs, to_device
 from dogetickets.data.tasks import Encoded, Task
 from dogetickets.models.units import Units
 from dogetickets.progress import progress_bar
@@ -44,15 +46,19 @@ class DomainScores:
         return self.head_sum.sum(0) / n, self.ffn_sum.sum(0) / n
 
 
+Autocast = Callable[[], AbstractContextManager]  # e.g. `Accelerator.autocast`
+
+
 def per_example_gate_grads(
-    model: nn.Module, units: Units, task: Task, batch: dict[str, torch.Tensor]
+    model: nn.Module, units: Units, task: Task, batch: dict[str, torch.Tensor], autocast: Autocast | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """dL_i/dgate for each example i of the batch: (B, L, H) and (B, L)."""
+    """dL_i/dgate for each example i of the batch: (B, L, H) and (B, L) (fp32 gates, the forward under
+    `autocast()` if given)."""
     B = batch["input_ids"].shape[0]
     device = batch["input_ids"].device
     heads = torch.ones(B, units.num_layers, units.num_heads, device=device, requires_grad=True)
     ffn = torch.ones(B, units.num_layers, device=device, requires_grad=True)
-    with units.gated(heads, ffn):
+    with units.gated(heads, ffn), (autocast or nullcontext)():
         logits = model(**model_inputs(batch)).logits
         loss = task.per_example_loss(logits, batch["labels"]).sum()
     gh, gf = torch.autograd.grad(loss, (heads, ffn))
@@ -68,8 +74,10 @@ def expressive_scores(
     pad_id: int,
     device: torch.device | str = "cpu",
     show_progress: bool = True,
+    autocast: Autocast | None = None,
 ) -> DomainScores:
-    """Accumulate |dL_i/dgate| per domain over `data` (eval mode: no dropout).
+    """Accumulate |dL_i/dgate| per domain over `data` (eval mode: no dropout), the forward passes under
+    `autocast()` if given (as training: pass the training accelerator's `autocast` when it runs in bf16).
 
     The model comes back as it came: every submodule's train/eval mode and every parameter's
     requires_grad are restored.
@@ -87,9 +95,9 @@ def expressive_scores(
     try:
         with progress_bar("scoring", total=len(data), enabled=show_progress) as advance:
             for idx in batches:
-                batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
-                gh, gf = per_example_gate_grads(model, units, task, batch)
-                dom = batch["domain"].cpu()
+                host = collate(data, idx, pad_id)
+                gh, gf = per_example_gate_grads(model, units, task, to_device(host, device), autocast)
+                dom = host["domain"]
                 head_sum.index_add_(0, dom, gh.abs().double().cpu())
                 ffn_sum.index_add_(0, dom, gf.abs().double().cpu())
                 count += torch.bincount(dom, minlength=D)

@@ -71,6 +71,14 @@ def collate(data: Encoded, idx: np.ndarray, pad_id: int, pad_to: int | None = No
     return batch
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The batch on `device`, copied without making the host wait: from pinned memory to a GPU (a small
+    batch pins in microseconds), as is (no copy) on the CPU."""
+    device = torch.device(device)
+    pin = device.type == "cuda"
+    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What the encoder takes (labels and domains stay with us: the loss is per example)."""
     return {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}

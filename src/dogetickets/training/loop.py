@@ -1,15 +1,18 @@
 """The one training loop, for fine-tuning and rewinding alike, on Accelerate (CPU, CUDA, DDP unchanged).
 
 AdamW (no weight decay on biases and LayerNorm), linear warm-up and decay, gradient clipping,
-optional bf16/fp16 autocast, in-domain dev evaluation every N steps, early stopping with patience,
-and the best checkpoint kept. With a ticket the pruned units are gated to zero through hooks and
-their weights held at zero after every step.
+bf16/fp16 autocast ("auto": bf16 where the hardware computes it natively), in-domain dev evaluation
+every N steps (sharded over the processes under DDP), early stopping with patience, and the best
+checkpoint kept. With a ticket the pruned units are gated to zero through hooks and their weights held
+at zero after every step.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,15 +21,15 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from dogetickets.config import TrainConfig
-from dogetickets.data.batching import collate, model_inputs
+from dogetickets.data.batching import collate, model_inputs, to_device
 from dogetickets.data.tasks import Encoded, Task
 from dogetickets.errors import DogeError, TrainingFailed
-from dogetickets.evaluate import metrics, predict
+from dogetickets.evaluate import metrics, predict, shard, unshard
 from dogetickets.models.units import Units, apply_masks
 from dogetickets.progress import progress_bar
 from dogetickets.training.objectives import Objective
@@ -34,15 +37,48 @@ from dogetickets.training.objectives import Objective
 _ACCELERATOR: dict[str, Accelerator] = {}  # at most one: {its mixed precision: it}
 
 
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo on Linux x86); empty elsewhere or when unreadable."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return frozenset()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16() -> bool:
+    """Whether training here computes bf16 natively: a CUDA GPU with bf16 (not emulated), else an x86 CPU
+    with AVX512-BF16 or AMX."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(mixed_precision: str) -> str:
+    """The precision a `train.mixed_precision` value trains in: "auto" is "bf16" where `native_bf16()`, else
+    "no" (fp32); "no", "bf16" and "fp16" are themselves."""
+    if mixed_precision == "auto":
+        return "bf16" if native_bf16() else "no"
+    return mixed_precision
+
+
 def get_accelerator(mixed_precision: str = "no") -> Accelerator:
     """The process's Accelerator, with the requested mixed precision; CUDA when present, else CPU.
 
+    "auto" is resolved first (`resolve_precision`): it gets the accelerator of what it resolves to.
     Accelerate keeps its state process-wide and refuses to change the precision of a live state. Asking
     for another precision than the current accelerator's therefore resets that state (not the device
     and process-group set-up, which Accelerate keeps apart in PartialState) and creates a new Accelerator;
     one obtained before the switch must not be used after it. fp16 autocast needs CUDA: on CPU,
     Accelerate would silently train in fp32, so it is refused.
     """
+    mixed_precision = resolve_precision(mixed_precision)
     if mixed_precision in _ACCELERATOR:
         return _ACCELERATOR[mixed_precision]
     cpu = not torch.cuda.is_available()
@@ -66,6 +102,7 @@ class TrainResult:
     seconds: float
     train_examples_per_s: float
     stopped_early: bool
+    mixed_precision: str  # what the training ran in ("auto" resolved): no | bf16 | fp16
     history: list[dict[str, Any]] = field(default_factory=list)
     best_dev_predictions: list | None = None  # the kept checkpoint's dev predictions (no re-run)
 
@@ -100,13 +137,21 @@ def train(
     show_progress: bool = True,
     description: str = "train",
 ) -> TrainResult:
-    """Train `model` in place; on return it holds the best dev checkpoint's weights."""
-    acc = get_accelerator(cfg.mixed_precision)
+    """Train `model` in place; on return it holds the best dev checkpoint's weights.
+
+    The loss stays on the device: it is read (one host sync) every `cfg.log_every` steps and before every
+    dev evaluation, on every device alike (one code path; on CPU the sync costs nothing either way). A NaN
+    or infinite loss then stops the run (`TrainingFailed`) naming the exact step where it first appeared
+    and that step's lr; the steps after it, up to the read, have already been applied to the weights,
+    which does not matter since the run has failed and its model is dropped.
+    """
+    precision = resolve_precision(cfg.mixed_precision)
+    acc = get_accelerator(precision)
     set_seed(seed)
-    units = Units(model)
     handles: list = []
     weight_masks: dict[str, torch.Tensor] = {}
     if ticket_masks is not None:
+        units = Units(model)
         head_mask, ffn_mask = (m.to(acc.device) for m in ticket_masks)
         model.to(acc.device)
         handles = units.install_gates(lambda: (head_mask, ffn_mask))
@@ -124,6 +169,13 @@ def train(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     wrapped, optimizer = acc.prepare(model, optimizer)
     unwrapped = acc.unwrap_model(wrapped)
+    dev_share = shard(len(dev_data), acc.process_index, acc.num_processes)
+    dev_mine = dev_data if acc.num_processes == 1 else dev_data.subset(dev_share)
+
+    def predict_dev() -> list:
+        """Every process predicts its share of the dev set; all of them are gathered, in dev order."""
+        mine = predict(unwrapped, task, dev_mine, cfg.eval_batch_size, pad_id, acc.device, autocast=acc.autocast)
+        return mine if acc.num_processes == 1 else unshard(gather_object([mine]))
 
     best_dev, best_step, bad_evals = -math.inf, 0, 0
     best_state: dict[str, torch.Tensor] | None = None
@@ -131,6 +183,9 @@ def train(
     history: list[dict[str, Any]] = []
     log = log_path.open("a", encoding="utf-8") if log_path else None
     step, epoch, seen, stopped = 0, 0, 0, False
+    window: list[torch.Tensor] = []  # the losses of the steps since the last read, on the device
+    window_lrs: list[float] = []  # and the lr of each of those steps
+    last_loss, info = math.nan, ""
     t0 = time.perf_counter()
     train_time = 0.0
     try:
@@ -144,12 +199,12 @@ def train(
                         break
                     ts = time.perf_counter()
                     wrapped.train()
-                    batch = {k: v.to(acc.device) for k, v in collate(train_data, idx, pad_id, pad_to).items()}
+                    batch = to_device(collate(train_data, idx, pad_id, pad_to), acc.device)
                     with acc.autocast():
                         logits = wrapped(**model_inputs(batch)).logits
                     loss = objective.loss(task, logits, batch, step)
-                    loss_value = float(loss.item())
-                    _check_finite(acc, loss_value, description, step, optimizer)
+                    window.append(loss.detach())
+                    window_lrs.append(optimizer.param_groups[0]["lr"])
                     acc.backward(loss)
                     if cfg.max_grad_norm > 0:
                         acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
@@ -160,18 +215,22 @@ def train(
                         apply_masks(unwrapped, weight_masks)
                     step += 1
                     seen += len(idx)
+                    evaluating = step % eval_every == 0 or step == total
+                    if evaluating or step % cfg.log_every == 0:
+                        losses = _read_losses(acc, window, window_lrs, step, description)
+                        window.clear()
+                        window_lrs.clear()
+                        last_loss = losses[-1]
+                        info = f"loss {sum(losses) / len(losses):.3f}" + (f" dev {best_dev:.3f}" if history else "")
                     train_time += time.perf_counter() - ts
                     if objective.resets_optimizer(step):
                         optimizer = acc.prepare(make_optimizer())
                         scheduler = get_linear_schedule_with_warmup(optimizer, 0, total - step)
-                    advance(1, info=f"loss {loss_value:.3f}" + (f" dev {best_dev:.3f}" if history else ""))
-                    if step % eval_every == 0 or step == total:
-                        dev_preds = predict(
-                            unwrapped, task, dev_data, cfg.eval_batch_size, pad_id, acc.device,
-                            autocast=acc.autocast,
-                        )
+                    advance(1, info=info)
+                    if evaluating:
+                        dev_preds = predict_dev()
                         dev = metrics(task, dev_data, dev_preds)["score"]
-                        entry = {"step": step, "epoch": epoch, "loss": loss_value, "dev": dev}
+                        entry = {"step": step, "epoch": epoch, "loss": last_loss, "dev": dev}
                         history.append(entry)
                         if log:
                             log.write(json.dumps(entry) + "\n")
@@ -202,23 +261,31 @@ def train(
         seconds=seconds,
         train_examples_per_s=seen / train_time if train_time else 0.0,
         stopped_early=stopped,
+        mixed_precision=precision,
         history=history,
         best_dev_predictions=best_preds,
     )
 
 
-def _check_finite(acc: Accelerator, loss: float, run: str, step: int, optimizer: torch.optim.Optimizer) -> None:
-    """Stop the run on a NaN or infinite loss, before it reaches the weights (every process at once)."""
-    bad = not math.isfinite(loss)
-    if acc.num_processes > 1:  # a process stopping alone would leave the others waiting in all-reduce
-        bad = bool(acc.reduce(torch.tensor(float(bad), device=acc.device), reduction="sum").item() > 0)
-    if bad:
-        lr = optimizer.param_groups[0]["lr"]
-        what = f"the training loss is {loss}" if not math.isfinite(loss) else "another process's loss is not finite"
+def _read_losses(acc: Accelerator, window: list[torch.Tensor], lrs: list[float], step: int, run: str) -> list[float]:
+    """The losses of the last `len(window)` steps (up to `step`) on the host, in one sync.
+
+    A NaN or infinite one stops the run, naming the first step where it appeared and that step's lr. Every
+    process reads at the same steps and learns the first non-finite step of any process, so they all stop
+    together (a process stopping alone would leave the others waiting in all-reduce)."""
+    losses = torch.stack(window).float().tolist()
+    first = next((i for i, x in enumerate(losses) if not math.isfinite(x)), len(losses))
+    first_any = first
+    if acc.num_processes > 1:
+        first_any = int(acc.gather(torch.tensor([first], device=acc.device)).min())
+    if first_any < len(losses):
+        what = f"the training loss is {losses[first]}" if first == first_any else "another process's loss is not finite"
+        at = step - len(losses) + first_any + 1
         raise TrainingFailed(
-            f"{run}: {what} at step {step + 1} (lr {lr:.3g} at that step); "
+            f"{run}: {what} at step {at} (lr {lrs[first_any]:.3g} at that step); "
             "run stopped (lower train.lr, or check the data)"
         )
+    return losses
 
 
 def _max_len(data: Encoded) -> int:
