@@ -21,7 +21,7 @@ Source = Literal["released", "file", "hf"]
 Method = Literal["random", "winning", "doge"]
 Baseline = Literal["erm", "irm"]
 Objective = Literal["erm", "irm"]
-Precision = Literal["no", "bf16", "fp16"]
+Precision = Literal["auto", "no", "bf16", "fp16"]
 
 TASKS: tuple[str, ...] = get_args(Task)
 SOURCES: tuple[str, ...] = get_args(Source)
@@ -124,9 +124,13 @@ class TrainConfig(_Section):
     max_grad_norm: float = Field(1.0, ge=0)  # 0 = no clipping
     eval_every: Count = 0  # steps between dev evaluations; 0 = once per epoch
     patience: Count = 3  # evaluations without improvement before stopping; 0 = never stop early
-    mixed_precision: Precision = "no"  # no | bf16 | fp16 (bf16/fp16 need an accelerator that has them)
+    # auto (bf16 where the hardware computes it natively: CUDA with bf16, x86 with AVX512-BF16/AMX; else no)
+    # | no | bf16 | fp16 (bf16/fp16 need an accelerator that has them)
+    mixed_precision: Precision = "auto"
+    log_every: int = Field(10, ge=1)  # steps between reads of the loss (a host sync) and its NaN/inf check
     bucket: bool = True  # length-bucketed batches (False: shuffled batches padded to max_length)
     objective: Objective = "erm"  # the objective rewinding trains with: erm | irm
+    physical: bool = True  # rewind the physically pruned model (False: the full-size one, pruned units gated to 0)
 
     @model_validator(mode="after")
     def _some_training(self) -> TrainConfig:
@@ -146,6 +150,8 @@ class TicketConfig(_Section):
     lambdas: Annotated[list[Lambda], Distinct] = Field(default_factory=lambda: [100.0])
     normalize_heads: bool = True  # l2 within each layer (the paper)
     normalize_ffn: bool = True  # l2 across layers (the released code)
+    # how the pruned parameters split between heads and FFN blocks (dogetickets.tickets)
+    allocation: Literal["global", "proportional", "balanced"] = "global"
     max_score_per_domain: Count = 0  # examples per domain for scoring; 0 = all training examples
     # small length-sorted batches score fastest on CPU (benchmarks/bench_core.py)
     score_batch_size: int = Field(16, gt=0)
