@@ -221,6 +221,22 @@ def write_report(run_dirs: list[Path], out: Path | None = None, n_boot: int = 10
             "(pilot.csv)."
         )
         doc.image(out / "pilot.png", "pilot")
+    previews = [(n, d) for n, d in zip(names, run_dirs, strict=True) if (d / "preview.csv").is_file()]
+    if previews:
+        doc.h(3, "Preview (no retraining)")
+        doc.p(
+            "`doge preview`: the fine-tuned ERM model evaluated with each method's units masked (no rewinding, "
+            "no retraining) over a dense sparsity grid, one line per method (doge: per lambda). The in-domain "
+            "dev score is the one to read and choose by; the OOD test mean is shown apart, in its own panel, "
+            "and never used to choose (numbers: preview.csv)."
+        )
+        for name, d in previews:
+            png = d / "preview.png"
+            if d.resolve() != out.resolve() or not png.is_file():  # drawn again from its CSV, into `out`
+                stem = "preview" if d.resolve() == out.resolve() else f"preview-{name.replace('/', '_')}"
+                metric = str(runs.loc[runs["dataset"] == name, "metric"].iloc[0])
+                png = figures.plot_preview(pd.read_csv(d / "preview.csv"), out / f"{stem}.png", metric=metric)
+            doc.image(png, f"preview {name}")
 
     doc.h(2, "All runs")
     doc.p("Every finished run; scores and sparsities in %. 'dev_selected' marks the reported configurations.")

@@ -12,6 +12,9 @@
   of the mean, resp. of the variance across domains).
 * pilot.png (paper Fig. 1/6): activation frequency of FFN neurons at [CLS], one panel per layer, grouped
   bars per domain.
+* preview.png (`doge preview`): in-domain dev score vs target sparsity of the fine-tuned model with each
+  method's units removed (no retraining), one line per method (doge: per lambda), mean ± std over seeds;
+  the OOD test mean in a separate panel, labelled as never used to choose.
 """
 
 from __future__ import annotations
@@ -301,3 +304,39 @@ def plot_pilot(counts: dict[str, np.ndarray], out: Path) -> Path:
     fig.tight_layout()
     fig.legend(handles, labels, fontsize=7, ncol=len(domains), loc="upper right")
     return _save(fig, png, pd.DataFrame(rows, columns=["layer", "neuron", "domain", "frequency"]))
+
+
+def plot_preview(rows: pd.DataFrame, png: Path, metric: str = "accuracy") -> Path:
+    """preview.png (+ preview.csv, the rows: one per seed x method (x lambda) x target sparsity).
+
+    Left, what to read: in-domain dev score vs target sparsity; right, apart: the OOD test mean."""
+    from dogetickets.preview import method_label
+
+    rows = rows.assign(label=[method_label(m, lam) for m, lam in zip(rows["method"], rows["lambda"], strict=True)])
+    unit = "F1" if metric == "entity_f1" else "accuracy"
+    n_seeds = int(rows["seed"].nunique())
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    panels = (("dev_score", f"in-domain dev {unit} (%)", "Dev: read and choose on this"),
+              ("test_mean", f"OOD test mean {unit} (%)", "Test (shown apart, never used to choose)"))
+    style = {}  # doge at several lambdas: one colour, one line style per lambda
+    for _, g in rows.groupby("method", sort=False):
+        style |= {label: ("-", "--", ":", "-.")[i % 4] for i, label in enumerate(dict.fromkeys(g["label"]))}
+    for ax, (column, ylabel, title) in zip(axes, panels, strict=True):
+        for k, (label, g) in enumerate(rows.groupby("label", sort=False)):
+            method = str(g["method"].iloc[0])
+            agg = g.groupby("target_sparsity", sort=True)[column].agg(["mean", "std"]).fillna(0)
+            x = 100 * agg.index.to_numpy(float)
+            y, s = 100 * agg["mean"].to_numpy(), 100 * agg["std"].to_numpy()
+            color = COLORS.get(method, f"C{k}")
+            ax.plot(x, y, marker="o", markersize=3, color=color, linestyle=style[label], label=label)
+            if n_seeds > 1:
+                ax.fill_between(x, y - s, y + s, color=color, alpha=0.15, linewidth=0)
+        ax.set_xlabel("target sparsity (%)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[1].set_facecolor("#f6f6f6")
+    seeds = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed"
+    fig.suptitle(f"Preview: the fine-tuned model with each method's units removed, no retraining ({seeds})")
+    return _save(fig, png, rows.drop(columns="label"))

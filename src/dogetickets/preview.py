@@ -1,0 +1,207 @@
+"""`doge preview`: each method's tickets over a dense sparsity grid, without retraining.
+
+The fine-tuned ERM model of a seed is evaluated with each ticket's units removed, for every configured
+method (doge at every lambda) and every target sparsity of the grid; one dev and one test pass per
+distinct ticket (tickets that prune the same units, e.g. all of them at sparsity 0, are evaluated once).
+The model evaluated is the physically pruned copy (`export_pruned`), which computes what the masked
+model computes and is faster the more it prunes (quickstart data, dev + test: 3.3 s against 7.0 s for the gated
+model at 60%, 5.1 s against 6.8 s at 30%; the same scores). The in-domain dev score is the number to read and to
+choose by; the test columns (``test_*``, ``test:<domain>``) are kept apart and never used to choose.
+
+Written into the run directory: preview.csv (one row per seed x method (x lambda) x sparsity),
+preview.png (report/figures.plot_preview) and, last, preview.json (the settings that made them: a
+second call under the same settings reuses them, any change recomputes).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from rich.table import Table
+
+from dogetickets.errors import DogeError
+from dogetickets.io import read_json_or_none, write_json
+
+if TYPE_CHECKING:
+    import torch
+
+    from dogetickets.pipeline import Pipeline
+    from dogetickets.tickets import Ticket
+
+DEFAULT_GRID = "0:0.6:0.05"
+GRID_HELP = ("Target sparsities: START:STOP:STEP (STOP included) or a comma list, each in [0, 1); "
+             f"default {DEFAULT_GRID} (13 levels)")
+FILES = ("preview.csv", "preview.png", "preview.json")
+
+
+@dataclass
+class Preview:
+    """The rows of preview.csv and where the files are; `reused` when nothing was recomputed."""
+
+    rows: pd.DataFrame
+    csv: Path
+    png: Path
+    settings: Path
+    reused: bool
+
+
+def parse_grid(text: str) -> list[float]:
+    """'0:0.6:0.05' (stop included) or '0,0.1,0.3' -> sorted distinct sparsities in [0, 1)."""
+    text = text.strip()
+    try:
+        if ":" in text:
+            start, stop, step = (float(x) for x in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            n = math.floor((stop - start) / step + 1e-9) + 1
+            values = [start + i * step for i in range(max(n, 0))]
+        else:
+            values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DogeError(f"--grid {text!r}: expected START:STOP:STEP (e.g. {DEFAULT_GRID}) or a comma list "
+                        "(e.g. 0,0.1,0.3)") from None
+    grid = sorted({round(v, 6) for v in values})
+    if not grid or not all(0 <= v < 1 for v in grid):
+        raise DogeError(f"--grid {text!r}: needs at least one sparsity, each in [0, 1)")
+    return grid
+
+
+def _specs(pipe: Pipeline) -> list[tuple[str, float | None]]:
+    """(method, lambda) of every configured method, doge once per lambda."""
+    t = pipe.cfg.tickets
+    return [(m, lam) for m in t.methods for lam in (t.lambdas if m == "doge" else [None])]
+
+
+def preview_settings(pipe: Pipeline, seeds: list[int], grid: list[float]) -> dict[str, Any]:
+    """What a preview depends on: the grid, the methods, the fine-tuned model and scores, the test data."""
+    return {
+        "grid": grid,
+        "methods": list(pipe.cfg.tickets.methods),
+        "lambdas": list(pipe.cfg.tickets.lambdas) if "doge" in pipe.cfg.tickets.methods else [],
+        "seeds": seeds,
+        "scores": {str(s): pipe._scores_settings(s) for s in seeds},
+        "eval": pipe._eval_settings(),
+    }
+
+
+def evaluate_ticket(pipe: Pipeline, model: torch.nn.Module, ticket: Ticket) -> tuple[dict, dict]:
+    """Dev and test metrics of `model` with the ticket's units removed (a pruned copy; `model` is untouched)."""
+    from dogetickets.evaluate import metrics, predict
+    from dogetickets.models.export import export_pruned
+    from dogetickets.training.loop import get_accelerator
+
+    d = pipe.data
+    autocast = get_accelerator(pipe.cfg.train.mixed_precision).autocast  # as training evaluates dev
+    pruned = export_pruned(copy.deepcopy(model), ticket) if ticket.pruned_params else model
+    out = []
+    for data in (d.dev, d.test):
+        preds = predict(pruned, d.task, data, pipe.cfg.train.eval_batch_size, d.pad_id, pipe.device,
+                        autocast=autocast)
+        out.append(metrics(d.task, data, preds))
+    return out[0], out[1]
+
+
+def _seed_rows(pipe: Pipeline, seed: int, grid: list[float], advance: Any) -> list[dict[str, Any]]:
+    """One row per method (x lambda) x sparsity of one seed's fine-tuned model."""
+    from dogetickets.tickets import random_ticket, select
+
+    pipe.rewind_point(seed)
+    erm = pipe.baseline(seed, "erm")
+    scores = pipe.scores(seed)
+    shape = pipe.shape(seed)
+    model = pipe._load(erm / "model").to(pipe.device)
+    done: dict[tuple, tuple[dict, dict]] = {}  # pruned units -> (dev, test) metrics
+    rows = []
+    for method, lam in _specs(pipe):
+        for target in grid:
+            if method == "random":
+                ticket = random_ticket(shape, target, seed)
+            else:
+                head, ffn = scores.winning() if method == "winning" else scores.doge(lam)
+                ticket = select(head, ffn, shape, target, method, lam=lam, seed=seed)
+            key = (tuple(sorted((int(k), tuple(v)) for k, v in ticket.pruned_heads.items())),
+                   tuple(ticket.pruned_ffn))
+            if key not in done:
+                done[key] = evaluate_ticket(pipe, model, ticket)
+            dev, test = done[key]
+            rows.append({
+                "seed": seed, "method": method, "lambda": lam, "target_sparsity": target,
+                "sparsity": ticket.sparsity, "dev_score": dev["score"],
+                **{f"dev:{k}": v for k, v in dev["per_domain"].items()},
+                "test_mean": test["mean"], "test_worst": test["worst"],
+                **{f"test:{k}": v for k, v in test["per_domain"].items()},
+            })
+            advance(1, info=f"seed {seed} {method} {target:.0%}")
+    return rows
+
+
+def run_preview(pipe: Pipeline, seeds: list[int] | None = None, grid: list[float] | None = None) -> Preview:
+    """Evaluate every method's tickets over `grid` (default 0-60% in 5% steps) for `seeds` (default: the
+    config's); fine-tunes and scores first if need be. Reuses the files when their settings are unchanged."""
+    from dogetickets.progress import sweep_progress
+    from dogetickets.report.figures import plot_preview
+
+    seeds = list(seeds or pipe.cfg.run.seeds)
+    grid = list(grid or parse_grid(DEFAULT_GRID))
+    pipe.init_dir()
+    csv, png, js = (pipe.out / f for f in FILES)
+    settings = preview_settings(pipe, seeds, grid)
+    if read_json_or_none(js) == _as_json(settings) and csv.is_file() and png.is_file():
+        try:
+            return Preview(pd.read_csv(csv), csv, png, js, reused=True)
+        except (ValueError, OSError):
+            pass  # damaged: computed again
+    js.unlink(missing_ok=True)
+    total = len(seeds) * len(_specs(pipe)) * len(grid)
+    with sweep_progress(f"preview ({total} tickets)", total, pipe.show_progress) as advance:
+        rows = pd.DataFrame([r for seed in seeds for r in _seed_rows(pipe, seed, grid, advance)])
+    plot_preview(rows, png, metric=pipe.data.task.metric)  # writes preview.csv beside it
+    write_json(js, settings)
+    return Preview(rows, csv, png, js, reused=False)
+
+
+def _as_json(obj: Any) -> Any:
+    """`obj` as it reads back from JSON (tuples become lists), to compare with a recorded one."""
+    import json
+
+    return json.loads(json.dumps(obj))
+
+
+def method_label(method: str, lam: Any) -> str:
+    """'doge λ=100' for doge, the method's name otherwise."""
+    return f"{method} λ={lam:g}" if method == "doge" and lam is not None and not pd.isna(lam) else method
+
+
+def dev_table(rows: pd.DataFrame) -> Table:
+    """Dev score (%, mean over seeds) by target sparsity x method; achieved sparsity of the first method."""
+    rows = rows.assign(label=[method_label(m, lam) for m, lam in zip(rows["method"], rows["lambda"], strict=True)])
+    labels = list(dict.fromkeys(rows["label"]))
+    mean = rows.groupby(["target_sparsity", "label"], sort=True)["dev_score"].mean().unstack()
+    achieved = rows.groupby("target_sparsity", sort=True)["sparsity"].mean()
+    n_seeds = rows["seed"].nunique()
+    table = Table(title=f"in-domain dev score (%) of the masked fine-tuned model, no retraining"
+                        f"{f' (mean over {n_seeds} seeds)' if n_seeds > 1 else ''}",
+                  caption="test numbers: the test_* columns of preview.csv (never used to choose)")
+    for col in ("target", "achieved", *labels):
+        table.add_column(col, justify="right")
+    for target, row in mean.iterrows():
+        table.add_row(f"{target:.0%}", f"{achieved[target]:.1%}", *(f"{100 * row[lab]:.1f}" for lab in labels))
+    return table
+
+
+def print_preview(result: Preview) -> None:
+    """The dev table (stdout), then the paths."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(dev_table(result.rows))
+    note = " (reused: settings unchanged)" if result.reused else ""
+    console.print(f"preview: {result.csv}, {result.png}, {result.settings}{note}", soft_wrap=True,
+                  highlight=False)
