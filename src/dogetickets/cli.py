@@ -168,6 +168,25 @@ def analyze(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, 
         typer.echo(str(path))
 
 
+@app.command()
+def preview(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, model: ModelOpt = None,
+            set_: SetOpt = None, quiet: QuietOpt = False,
+            seed: Annotated[list[int] | None, typer.Option(
+                "--seed", help="A seed's fine-tuned model (repeatable; default: every seed of the config)")] = None,
+            grid: Annotated[str, typer.Option(
+                "--grid", help="Target sparsities: START:STOP:STEP (STOP included) or a comma list like "
+                "0,0.1,0.3, each in [0, 1)")] = "0:0.6:0.05",
+            ) -> None:
+    """Dev score of every method's tickets over a sparsity grid, masked on the fine-tuned model (no retraining).
+
+    Writes preview.csv (test columns apart: test_*), preview.png and preview.json into the run directory;
+    reused while their settings are unchanged."""
+    from dogetickets.preview import parse_grid, print_preview, run_preview
+
+    levels = parse_grid(grid)
+    print_preview(run_preview(_pipeline(config, data_dir, out, model, set_, quiet), seeds=seed, grid=levels))
+
+
 @app.command("export")
 def export_cmd(
     src: Annotated[Path, typer.Argument(help="A rewind run folder (model/ + ticket.json) or a ticket file")],
@@ -194,20 +213,22 @@ def bench(
     tickets: Annotated[list[Path] | None, typer.Option("--ticket", help="Ticket file(s) instead")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the results as JSON")] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed repeats per model")] = 8,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N")] = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Inference/training throughput, batch-1 latency, parameters and FLOPs: exported tickets vs full."""
     from rich.console import Console
 
-    from dogetickets.bench import format_bench, run_bench
+    from dogetickets.bench import bench_device, format_bench, run_bench
     from dogetickets.tickets import Ticket
 
     try:
         levels = [float(x) for x in sparsities.split(",") if x.strip()]
     except ValueError:
         raise DogeError(f"--sparsities {sparsities!r}: expected numbers like 0,0.15,0.3") from None
+    dev = bench_device(device)
     loaded = [Ticket.load(t) for t in tickets] if tickets else None
-    result = run_bench(model or "minilm", tickets=loaded, sparsities=levels, out=out, repeats=repeats,
+    result = run_bench(model or "minilm", tickets=loaded, sparsities=levels, out=out, repeats=repeats, device=dev,
                        log=None if quiet else lambda m: typer.echo(m, err=True))
     Console(width=200).print(format_bench(result))
 
