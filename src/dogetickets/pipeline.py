@@ -45,7 +45,7 @@ from dogetickets.progress import console, sweep_progress
 from dogetickets.rundir import RunLayout, RunLock, changed_setting, recorded
 from dogetickets.scoring import UnitScores, expressive_scores
 from dogetickets.tickets import Shape, Ticket, random_ticket, select, ticket_name
-from dogetickets.training.loop import get_accelerator, train
+from dogetickets.training.loop import get_accelerator, resolve_precision, train
 from dogetickets.training.objectives import make_objective
 
 SAVE_SECONDS = [0.0]  # time spent saving models in this process (for the time report)
@@ -172,6 +172,11 @@ class Pipeline:
     def labels(self) -> list[str]:
         return self.data.splits.labels
 
+    def _autocast(self) -> Any:
+        """The training precision's autocast, for scoring and evaluation alike (None in fp32)."""
+        acc = get_accelerator(self.cfg.train.mixed_precision)
+        return acc.autocast if resolve_precision(self.cfg.train.mixed_precision) != "no" else None
+
     @property
     def device(self) -> torch.device:
         return get_accelerator(self.cfg.train.mixed_precision).device
@@ -186,7 +191,8 @@ class Pipeline:
     def _train_settings(self, seed: int, objective: str) -> dict[str, Any]:
         """A training: its starting point, its data, its hyper-parameters and objective."""
         cfg = self.cfg
-        train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in ("objective", "physical")}
+        train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in ("objective", "physical", "log_every")}
+        train["mixed_precision"] = resolve_precision(cfg.train.mixed_precision)  # what "auto" is on this machine
         out = {"init": self._init_settings(seed), "data": _comparable(cfg.to_dict()["data"]),
                "max_length": cfg.model.max_length, "train": train, "objective": objective}
         if objective == "irm":
@@ -299,7 +305,7 @@ class Pipeline:
             data = data.subset(np.sort(keep))
         raw = expressive_scores(
             model, Units(model), self.data.task, data, self.cfg.tickets.score_batch_size,
-            self.data.pad_id, self.device, self.show_progress,
+            self.data.pad_id, self.device, self.show_progress, autocast=self._autocast(),
         )
         t = self.cfg.tickets
         return UnitScores.from_domain_scores(raw, t.normalize_heads, t.normalize_ffn)
@@ -444,7 +450,7 @@ class Pipeline:
                     preds = dev_predictions  # the kept checkpoint was chosen on exactly these
                 else:
                     preds = predict(model, d.task, data, self.cfg.train.eval_batch_size, d.pad_id,
-                                    self.device, self.show_progress, f"evaluate {split}")
+                                    self.device, self.show_progress, f"evaluate {split}", autocast=self._autocast())
                 m = metrics(d.task, data, preds)
                 out[split] = m if split == "test" else {"score": m["score"], "per_domain": m["per_domain"]}
                 rows += prediction_rows(d.task, data, preds, split)
