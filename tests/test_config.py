@@ -177,12 +177,13 @@ def test_defaults_and_plain_dict() -> None:
         "train": {
             "batch_size": 16, "eval_batch_size": 64, "lr": 5e-5, "epochs": 10.0, "max_steps": 0,
             "warmup_ratio": 0.1, "weight_decay": 0.01, "max_grad_norm": 1.0, "eval_every": 0, "patience": 3,
-            "mixed_precision": "no", "bucket": True, "objective": "erm",
+            "mixed_precision": "auto", "log_every": 10, "bucket": True, "objective": "erm", "physical": True,
         },
         "irm": {"penalty_weight": 100.0, "anneal_steps": 100},
         "tickets": {
             "methods": ["random", "winning", "doge"], "sparsities": [0.1, 0.3], "lambdas": [100.0],
-            "normalize_heads": True, "normalize_ffn": True, "max_score_per_domain": 0, "score_batch_size": 16,
+            "normalize_heads": True, "normalize_ffn": True, "allocation": "global", "max_score_per_domain": 0,
+            "score_batch_size": 16,
         },
     }
     json.dumps(d)  # plain values only

@@ -191,7 +191,7 @@ class Pipeline:
     def _train_settings(self, seed: int, objective: str) -> dict[str, Any]:
         """A training: its starting point, its data, its hyper-parameters and objective."""
         cfg = self.cfg
-        train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in ("objective", "physical", "log_every")}
+        train = {k: v for k, v in _comparable(cfg.to_dict()["train"]).items() if k not in ("objective", "physical")}
         train["mixed_precision"] = resolve_precision(cfg.train.mixed_precision)  # what "auto" is on this machine
         out = {"init": self._init_settings(seed), "data": _comparable(cfg.to_dict()["data"]),
                "max_length": cfg.model.max_length, "train": train, "objective": objective}
@@ -639,9 +639,9 @@ class Pipeline:
         return notes
 
 
-# What may change between invocations on one run directory: where the data lives, and the test
-# domains (training never sees them; `doge evaluate` re-evaluates the saved models on new ones).
-FREE_KEYS = ("dir", "test_domains", "test_split", "notes")
+# What may change between invocations on one run directory: where the data lives, the test domains
+# (training never sees them; finished runs are evaluated on new ones), and how often the loss is read.
+FREE_KEYS = ("dir", "test_domains", "test_split", "notes", "log_every")
 
 
 def _comparable(section: dict[str, Any] | None) -> dict[str, Any] | None:
