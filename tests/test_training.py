@@ -102,6 +102,7 @@ def test_irm_penalty_closed_form():
         sel = dom == d
         assert float(IRM.penalty(task, z[sel], y[sel]).detach()) == pytest.approx(closed(z[sel], y[sel]), rel=1e-10)
     irm = IRM(IRMConfig(penalty_weight=50.0, anneal_steps=10))
+    irm.num_domains = 2  # what epoch_batches sets: each batch is one block per domain, in domain order
     batch = {"labels": y, "domain": dom}
     risk = float(np.mean([float(task.per_example_loss(z[dom == d], y[dom == d]).mean()) for d in (0, 1)]))
     pen = float(np.mean([closed(z[dom == d], y[dom == d]) for d in (0, 1)]))
