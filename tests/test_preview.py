@@ -65,7 +65,8 @@ def test_preview_rows(run: tuple[Path, Path, subprocess.CompletedProcess]) -> No
         g = g.sort_values("target_sparsity")
         assert g["target_sparsity"].tolist() == parse_grid("0:0.6:0.05")
         assert g["sparsity"].is_monotonic_increasing, method
-        assert (g["sparsity"] <= g["target_sparsity"] + 1e-9).all() and g["sparsity"].iloc[-1] > 0.5
+        # near the target (within a head where the unit sizes allow; an FFN block is 11% of MiniLM)
+        assert (g["sparsity"] - g["target_sparsity"]).abs().max() < 0.05 and g["sparsity"].iloc[-1] > 0.5
     # the printed table: dev only, one column per method, and the paths
     assert "in-domain dev score" in res.stdout and "doge λ=100" in res.stdout
     assert str(out / "preview.csv") in res.stdout
