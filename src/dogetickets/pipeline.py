@@ -181,9 +181,6 @@ class Pipeline:
     def device(self) -> torch.device:
         return get_accelerator(self.cfg.train.mixed_precision).device
 
-    def seed_dir(self, seed: int) -> Path:
-        return self.layout.seed(seed)
-
     # ---- the settings each artifact records (and is reused under only) ----------------------------
     def _init_settings(self, seed: int) -> dict[str, Any]:
         return {"model": self.cfg.model.name, "task": self.cfg.data.task, "labels": self.labels, "seed": seed}
