@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_run_toml
+from test_cli import _assert_one_line_error
 
 from dogetickets.config import load_config
 from dogetickets.errors import DogeError, TrainingFailed
@@ -45,14 +46,6 @@ def _files(out: Path) -> dict[str, tuple[int, bytes]]:
 def _doge(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dogetickets.cli", *args], capture_output=True, text=True,
                           timeout=600)
-
-
-def _one_line_error(res: subprocess.CompletedProcess, *needles: str) -> None:
-    assert res.returncode == 2, res.stderr[-3000:]
-    err = res.stderr.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    for n in needles:
-        assert n in err, err
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +185,7 @@ epochs = 1
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((tmp_path / "run/labels.json").read_text())["labels"] == ["bad", "good"]
     res = _doge("evaluate", str(cfg), "-q", "--set", 'data.test_domains=["c"]')
-    _one_line_error(res, f"{data}:{meh_line}", "meh")
+    _assert_one_line_error(res, f"{data}:{meh_line}", "meh")
 
 
 # ---- A7: a training that fails stops alone; the sweep goes on and names it ----------------------------
@@ -260,13 +253,13 @@ def test_a_damaged_run_file_is_one_line(copy, damage):
     cfg, out, _ = copy
     (out / damage).write_text((out / damage).read_text()[:25])
     res = _doge("run", str(cfg), "-q", "--out", str(out))
-    _one_line_error(res, str(out / damage), "damaged", "delete it")
+    _assert_one_line_error(res, str(out / damage), "damaged", "delete it")
 
 
 def test_a_changed_fixed_setting_names_the_key(copy):
     cfg, out, _ = copy
     res = _doge("run", str(cfg), "-q", "--out", str(out), "--set", "train.lr=3e-5")
-    _one_line_error(res, "train.lr", "another run.out")
+    _assert_one_line_error(res, "train.lr", "another run.out")
 
 
 def test_a_config_key_added_since_counts_as_its_default(copy):
@@ -276,7 +269,7 @@ def test_a_config_key_added_since_counts_as_its_default(copy):
     (out / "config.toml").write_text("\n".join(x for x in text.splitlines() if not x.startswith("physical")))
     assert _run(cfg, out) == results
     res = _doge("run", str(cfg), "-q", "--out", str(out), "--set", "train.physical=false")
-    _one_line_error(res, "train.physical")
+    _assert_one_line_error(res, "train.physical")
 
 
 # ---- B: one process at a time on a run directory --------------------------------------------------------
@@ -289,7 +282,7 @@ def test_a_second_run_on_a_busy_directory_is_refused_and_a_killed_one_leaves_no_
     try:
         assert holder.stdout.readline().strip() == "locked"
         res = _doge("run", str(cfg), "-q", "--out", str(out))
-        _one_line_error(res, "in use", f"pid {holder.pid}")
+        _assert_one_line_error(res, "in use", f"pid {holder.pid}")
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
@@ -302,7 +295,7 @@ def test_max_length_above_the_model_positions(tmp_path, data_dir):
     cfg = tmp_path / "c.toml"
     cfg.write_text(tiny_run_toml(tmp_path / "run", data_dir, max_length=1024))
     res = _doge("run", str(cfg), "-q")
-    _one_line_error(res, "model.max_length", "1024", "512")
+    _assert_one_line_error(res, "model.max_length", "1024", "512")
     assert not list(tmp_path.rglob("DONE"))
 
 

@@ -327,18 +327,19 @@ class Pipeline:
             except DogeError:
                 why = "the file is damaged"
             self._warn(f"{path}: choosing this ticket again ({why})")
-        shape, allocation = self.shape(seed), self.cfg.tickets.allocation
-        if method == "random":
-            ticket = random_ticket(shape, sparsity, seed, allocation=allocation)
-        elif method == "winning":
-            ticket = select(*self.scores(seed).winning(), shape, sparsity, "winning", seed=seed, allocation=allocation)
-        else:
-            assert lam is not None
-            ticket = select(*self.scores(seed).doge(lam), shape, sparsity, "doge", lam=lam, seed=seed,
-                            allocation=allocation)
+        ticket = self.choose_ticket(seed, spec)
         ticket.extra["settings"] = settings
         ticket.save(path)
         return path
+
+    def choose_ticket(self, seed: int, spec: TicketSpec) -> Ticket:
+        """The ticket of one method x sparsity (x lambda) from this seed's scores (none for random)."""
+        method, sparsity, lam = spec
+        shape, allocation = self.shape(seed), self.cfg.tickets.allocation
+        if method == "random":
+            return random_ticket(shape, sparsity, seed, allocation=allocation)
+        head, ffn = self.scores(seed).winning() if method == "winning" else self.scores(seed).doge(lam or 0.0)
+        return select(head, ffn, shape, sparsity, method, lam=lam, seed=seed, allocation=allocation)
 
     def tickets(self, seed: int) -> list[Path]:
         """One ticket per method x sparsity (x lambda for doge)."""

@@ -84,6 +84,7 @@ def preview_settings(pipe: Pipeline, seeds: list[int], grid: list[float]) -> dic
         "methods": list(pipe.cfg.tickets.methods),
         "lambdas": list(pipe.cfg.tickets.lambdas) if "doge" in pipe.cfg.tickets.methods else [],
         "seeds": seeds,
+        "allocation": pipe.cfg.tickets.allocation,
         "scores": {str(s): pipe._scores_settings(s) for s in seeds},
         "eval": pipe._eval_settings(),
     }
@@ -93,10 +94,9 @@ def evaluate_ticket(pipe: Pipeline, model: torch.nn.Module, ticket: Ticket) -> t
     """Dev and test metrics of `model` with the ticket's units removed (a pruned copy; `model` is untouched)."""
     from dogetickets.evaluate import metrics, predict
     from dogetickets.models.export import export_pruned
-    from dogetickets.training.loop import get_accelerator
 
     d = pipe.data
-    autocast = get_accelerator(pipe.cfg.train.mixed_precision).autocast  # as training evaluates dev
+    autocast = pipe._autocast()  # as training evaluates dev
     pruned = export_pruned(copy.deepcopy(model), ticket) if ticket.pruned_params else model
     out = []
     for data in (d.dev, d.test):
@@ -108,22 +108,14 @@ def evaluate_ticket(pipe: Pipeline, model: torch.nn.Module, ticket: Ticket) -> t
 
 def _seed_rows(pipe: Pipeline, seed: int, grid: list[float], advance: Any) -> list[dict[str, Any]]:
     """One row per method (x lambda) x sparsity of one seed's fine-tuned model."""
-    from dogetickets.tickets import random_ticket, select
-
     pipe.rewind_point(seed)
     erm = pipe.baseline(seed, "erm")
-    scores = pipe.scores(seed)
-    shape = pipe.shape(seed)
     model = pipe._load(erm / "model").to(pipe.device)
     done: dict[tuple, tuple[dict, dict]] = {}  # pruned units -> (dev, test) metrics
     rows = []
     for method, lam in _specs(pipe):
         for target in grid:
-            if method == "random":
-                ticket = random_ticket(shape, target, seed)
-            else:
-                head, ffn = scores.winning() if method == "winning" else scores.doge(lam)
-                ticket = select(head, ffn, shape, target, method, lam=lam, seed=seed)
+            ticket = pipe.choose_ticket(seed, (method, target, lam))
             key = (tuple(sorted((int(k), tuple(v)) for k, v in ticket.pruned_heads.items())),
                    tuple(ticket.pruned_ffn))
             if key not in done:
