@@ -14,18 +14,18 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 import tomli_w
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dogetickets import methods as registry
 from dogetickets.errors import DogeError
 
 Task = Literal["text", "pair", "tagging"]
 Source = Literal["released", "file", "hf"]
-Method = Literal["random", "winning", "doge"]
 Baseline = Literal["erm", "irm"]
 Objective = Literal["erm", "irm"]
 Precision = Literal["auto", "no", "bf16", "fp16"]
 
 TASKS: tuple[str, ...] = get_args(Task)
 SOURCES: tuple[str, ...] = get_args(Source)
-METHODS: tuple[str, ...] = get_args(Method)
+METHODS: tuple[str, ...] = ("random", "winning", "doge")  # the default comparison (dogetickets.methods)
 BASELINES: tuple[str, ...] = get_args(Baseline)
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -51,6 +51,19 @@ def _distinct(xs: list[T]) -> list[T]:
 
 
 Distinct = AfterValidator(_distinct)
+
+
+def _ticket_method(name: str) -> str:
+    try:
+        method = registry.get(name)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+    if not method.is_ticket:
+        raise ValueError(f"{name!r} is a baseline (run.baselines), not a ticket method")
+    return name
+
+
+Method = Annotated[str, AfterValidator(_ticket_method)]
 Names = Annotated[list[str], Distinct]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]  # numpy's seed range
 Count = Annotated[int, Field(ge=0)]  # 0 = all / never / epochs decide (see the field)
@@ -151,7 +164,12 @@ class TicketConfig(_Section):
     normalize_heads: bool = True  # l2 within each layer (the paper)
     normalize_ffn: bool = True  # l2 across layers (the released code)
     # how the pruned parameters split between heads and FFN blocks (dogetickets.tickets)
+    # (a method with an allocation suffix, e.g. "doge-balanced", uses its own)
     allocation: Literal["global", "proportional", "balanced"] = "global"
+    # how doge's lambda is chosen on in-domain dev: "rewind" (every lambda's ticket is rewound and trained;
+    # the report picks the best dev run) or "preview" (per sparsity, the lambda whose ticket removed from
+    # the fine-tuned model, without retraining, scores best on dev; only that ticket is rewound)
+    lambda_choice: Literal["rewind", "preview"] = "rewind"
     max_score_per_domain: Count = 0  # examples per domain for scoring; 0 = all training examples
     # small length-sorted batches score fastest on CPU (benchmarks/bench_core.py)
     score_batch_size: int = Field(16, gt=0)

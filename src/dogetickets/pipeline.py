@@ -9,6 +9,7 @@ flow: data -> units -> scores -> tickets -> training -> evaluation -> report.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import shutil
 import sys
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dogetickets import methods as registry
 from dogetickets.config import Config
 from dogetickets.data.sources import Splits, load_splits
 from dogetickets.data.tasks import Encoded, Task, make_task
@@ -54,7 +56,8 @@ SAVE_SECONDS = [0.0]  # time spent saving models in this process (for the time r
 FIXED_SECTIONS = ("model", "data", "train", "irm")
 RUN_FILES = ("model/model.safetensors", "metrics.json", "predictions.jsonl")  # a finished training's files
 TIMING_KEYS = ("seconds", "train_examples_per_s")  # kept out of metrics.json, which is deterministic
-TicketSpec = tuple[str, float, float | None]  # method, target sparsity, lambda (doge only)
+# method, target sparsity, lambda (methods that take one; None: chosen on dev when the ticket is chosen)
+TicketSpec = tuple[str, float, float | None]
 
 
 @dataclass
@@ -87,6 +90,7 @@ class Pipeline:
         self._lock = RunLock(self.layout.lock)
         self._scores: dict[int, UnitScores] = {}  # per seed, once computed or read
         self._shapes: dict[int, Shape] = {}
+        self._erm_model: tuple[int, torch.nn.Module] | None = None  # (seed, model) for lambda choice by dev
 
     def _say(self, message: str) -> None:
         """Progress messages: on the main process, unless quiet."""
@@ -203,9 +207,14 @@ class Pipeline:
 
     def _ticket_settings(self, seed: int, spec: TicketSpec) -> dict[str, Any]:
         method, sparsity, lam = spec
-        source = self._init_settings(seed) if method == "random" else self._scores_settings(seed)
-        return {"method": method, "target_sparsity": sparsity, "lambda": lam, "seed": seed,
-                "allocation": self.cfg.tickets.allocation, "from": source}
+        m = registry.get(method)
+        source = self._scores_settings(seed) if m.uses_scores else self._init_settings(seed)
+        out = {"method": method, "target_sparsity": sparsity, "lambda": lam, "seed": seed,
+               "allocation": m.allocation_for(self.cfg.tickets.allocation), "from": source}
+        if m.uses_lambda and lam is None:  # chosen on dev among these, by the masked fine-tuned model
+            out["lambda_choice"] = {"by": "preview", "lambdas": list(self.cfg.tickets.lambdas),
+                                    "eval_batch_size": self.cfg.train.eval_batch_size}
+        return out
 
     def _eval_settings(self) -> dict[str, Any]:
         """What the test numbers of metrics.json were computed on (may change on a finished run)."""
@@ -276,8 +285,12 @@ class Pipeline:
         settings = self._scores_settings(seed)
         if self._finished(folder, settings, ("scores.json",)):
             try:
-                self._scores[seed] = UnitScores.from_json(read_json(self.layout.scores(seed)))
-                return self._scores[seed]
+                scores = UnitScores.from_json(read_json(self.layout.scores(seed)))
+                if scores.has_sampling_var or not self._needs_sampling_var():
+                    self._scores[seed] = scores
+                    return scores
+                self._warn(f"{self.layout.scores(seed)}: has no sampling variances (doge-nc needs them); "
+                           "scoring again")
             except (KeyError, TypeError, ValueError):
                 self._warn(f"{self.layout.scores(seed)}: damaged; scoring again")
         erm = self.layout.baseline(seed, "erm")
@@ -289,6 +302,9 @@ class Pipeline:
         mark_done(folder, settings)
         self._scores[seed] = scores
         return scores
+
+    def _needs_sampling_var(self) -> bool:
+        return any(registry.get(m).variance == "corrected" for m in self.cfg.tickets.methods)
 
     def _score_model(self, model: torch.nn.Module, seed: int) -> UnitScores:
         model.to(self.device)
@@ -333,13 +349,58 @@ class Pipeline:
         return path
 
     def choose_ticket(self, seed: int, spec: TicketSpec) -> Ticket:
-        """The ticket of one method x sparsity (x lambda) from this seed's scores (none for random)."""
+        """The ticket of one method x sparsity (x lambda) from this seed's scores (none for random), as the
+        method registry says (dogetickets.methods). A method that takes a lambda, given none, has it chosen
+        on dev: the candidate whose ticket, removed from the fine-tuned model, scores best (ties: lowest)."""
         method, sparsity, lam = spec
-        shape, allocation = self.shape(seed), self.cfg.tickets.allocation
-        if method == "random":
+        m = registry.get(method)
+        shape, allocation = self.shape(seed), m.allocation_for(self.cfg.tickets.allocation)
+        if m.ranking == "random":
             return random_ticket(shape, sparsity, seed, allocation=allocation)
-        head, ffn = self.scores(seed).winning() if method == "winning" else self.scores(seed).doge(lam or 0.0)
+        if m.uses_lambda and lam is None:
+            return self._lambda_by_preview(seed, spec)
+        scores = self.scores(seed)
+        if m.ranking == "pooled":
+            head, ffn = scores.winning()
+        elif m.ranking == "worst":
+            head, ffn = scores.worst()
+        else:
+            head, ffn = scores.doge(lam or 0.0, m.variance)
         return select(head, ffn, shape, sparsity, method, lam=lam, seed=seed, allocation=allocation)
+
+    def _lambda_by_preview(self, seed: int, spec: TicketSpec) -> Ticket:
+        method, sparsity, _ = spec
+        model = self._finetuned(seed)
+        dev: dict[float, float] = {}
+        best: Ticket | None = None
+        for lam in sorted(self.cfg.tickets.lambdas):
+            ticket = self.choose_ticket(seed, (method, sparsity, lam))
+            dev[lam] = self.masked_scores(model, ticket, ("dev",))[0]["score"]
+            if best is None or dev[lam] > dev[best.lam]:  # type: ignore[index]
+                best = ticket
+        assert best is not None
+        best.extra["lambda_choice"] = {"by": "dev score of the fine-tuned model with the ticket removed",
+                                       "dev_score": {f"{k:g}": v for k, v in dev.items()}, "chosen": best.lam}
+        return best
+
+    def _finetuned(self, seed: int) -> torch.nn.Module:
+        """This seed's fine-tuned ERM model on the device (loaded once)."""
+        if self._erm_model is None or self._erm_model[0] != seed:
+            self._erm_model = (seed, self._load(self.baseline(seed, "erm") / "model").to(self.device))
+        return self._erm_model[1]
+
+    def masked_scores(self, model: torch.nn.Module, ticket: Ticket,
+                      splits: tuple[str, ...] = ("dev", "test")) -> list[dict[str, Any]]:
+        """Metrics of `model` with the ticket's units removed (a pruned copy; `model` is untouched), on
+        each of `splits`, evaluated as training evaluates dev."""
+        pruned = export_pruned(copy.deepcopy(model), ticket) if ticket.pruned_params else model
+        out = []
+        for split in splits:
+            data = getattr(self.data, split)
+            preds = predict(pruned, self.data.task, data, self.cfg.train.eval_batch_size, self.data.pad_id,
+                            self.device, autocast=self._autocast())
+            out.append(metrics(self.data.task, data, preds))
+        return out
 
     def tickets(self, seed: int) -> list[Path]:
         """One ticket per method x sparsity (x lambda for doge)."""
@@ -364,6 +425,8 @@ class Pipeline:
         info = {"name": ticket_path.stem, "method": ticket.method, "objective": objective,
                 "seed": seed, "target_sparsity": ticket.target_sparsity, "sparsity": ticket.sparsity,
                 "lambda": ticket.lam, "physical": physical}
+        if "lambda_choice" in ticket.extra:
+            info["lambda_chosen_on_dev"] = True
         # The physically pruned model computes what the gated one computes on the kept weights (pruned
         # units get zero gradient there), only smaller; gated training stays for comparison.
         masks = None if physical else ticket.masks()
@@ -460,12 +523,14 @@ class Pipeline:
         return out
 
     def _ticket_specs(self) -> list[TicketSpec]:
+        """Every ticket the config declares: method x sparsity, x lambda for a method that takes one when
+        each lambda is rewound (tickets.lambda_choice = "rewind")."""
         t = self.cfg.tickets
         specs: list[TicketSpec] = []
         for s in t.sparsities:
             for m in t.methods:
-                if m == "doge":
-                    specs += [("doge", s, lam) for lam in t.lambdas]
+                if registry.get(m).uses_lambda and t.lambda_choice == "rewind":
+                    specs += [(m, s, lam) for lam in t.lambdas]
                 else:
                     specs.append((m, s, None))
         return specs
@@ -542,7 +607,7 @@ class Pipeline:
                     advance(1, info=f"seed {seed} {b}")
                 for spec in specs:
                     name = ticket_name(*spec)
-                    if spec[0] != "random" and f"seed{seed}/erm" in self.failed:
+                    if registry.get(spec[0]).uses_scores and f"seed{seed}/erm" in self.failed:
                         self.failed[f"seed{seed}/{name}"] = f"its scores need seed{seed}/erm, which failed"
                     else:
                         self._attempt(f"seed{seed}/{name}", self.rewind_ticket, seed, spec)

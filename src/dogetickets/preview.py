@@ -15,7 +15,6 @@ second call under the same settings reuses them, any change recomputes).
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from rich.table import Table
 
+from dogetickets import methods as registry
 from dogetickets.errors import DogeError
 from dogetickets.io import read_json_or_none, write_json
 
@@ -72,9 +72,9 @@ def parse_grid(text: str) -> list[float]:
 
 
 def _specs(pipe: Pipeline) -> list[tuple[str, float | None]]:
-    """(method, lambda) of every configured method, doge once per lambda."""
+    """(method, lambda) of every configured method, once per lambda for a method that takes one."""
     t = pipe.cfg.tickets
-    return [(m, lam) for m in t.methods for lam in (t.lambdas if m == "doge" else [None])]
+    return [(m, lam) for m in t.methods for lam in (t.lambdas if registry.get(m).uses_lambda else [None])]
 
 
 def preview_settings(pipe: Pipeline, seeds: list[int], grid: list[float]) -> dict[str, Any]:
@@ -82,7 +82,8 @@ def preview_settings(pipe: Pipeline, seeds: list[int], grid: list[float]) -> dic
     return {
         "grid": grid,
         "methods": list(pipe.cfg.tickets.methods),
-        "lambdas": list(pipe.cfg.tickets.lambdas) if "doge" in pipe.cfg.tickets.methods else [],
+        "lambdas": (list(pipe.cfg.tickets.lambdas)
+                    if any(registry.get(m).uses_lambda for m in pipe.cfg.tickets.methods) else []),
         "seeds": seeds,
         "allocation": pipe.cfg.tickets.allocation,
         "scores": {str(s): pipe._scores_settings(s) for s in seeds},
@@ -92,25 +93,14 @@ def preview_settings(pipe: Pipeline, seeds: list[int], grid: list[float]) -> dic
 
 def evaluate_ticket(pipe: Pipeline, model: torch.nn.Module, ticket: Ticket) -> tuple[dict, dict]:
     """Dev and test metrics of `model` with the ticket's units removed (a pruned copy; `model` is untouched)."""
-    from dogetickets.evaluate import metrics, predict
-    from dogetickets.models.export import export_pruned
-
-    d = pipe.data
-    autocast = pipe._autocast()  # as training evaluates dev
-    pruned = export_pruned(copy.deepcopy(model), ticket) if ticket.pruned_params else model
-    out = []
-    for data in (d.dev, d.test):
-        preds = predict(pruned, d.task, data, pipe.cfg.train.eval_batch_size, d.pad_id, pipe.device,
-                        autocast=autocast)
-        out.append(metrics(d.task, data, preds))
-    return out[0], out[1]
+    dev, test = pipe.masked_scores(model, ticket, ("dev", "test"))
+    return dev, test
 
 
 def _seed_rows(pipe: Pipeline, seed: int, grid: list[float], advance: Any) -> list[dict[str, Any]]:
     """One row per method (x lambda) x sparsity of one seed's fine-tuned model."""
     pipe.rewind_point(seed)
-    erm = pipe.baseline(seed, "erm")
-    model = pipe._load(erm / "model").to(pipe.device)
+    model = pipe._finetuned(seed)
     done: dict[tuple, tuple[dict, dict]] = {}  # pruned units -> (dev, test) metrics
     rows = []
     for method, lam in _specs(pipe):
@@ -165,8 +155,9 @@ def _as_json(obj: Any) -> Any:
 
 
 def method_label(method: str, lam: Any) -> str:
-    """'doge λ=100' for doge, the method's name otherwise."""
-    return f"{method} λ={lam:g}" if method == "doge" and lam is not None and not pd.isna(lam) else method
+    """'doge λ=100' for a method that takes a lambda, the method's name otherwise."""
+    takes = registry.is_known(method) and registry.get(method).uses_lambda
+    return f"{method} λ={lam:g}" if takes and lam is not None and not pd.isna(lam) else method
 
 
 def dev_table(rows: pd.DataFrame) -> Table:

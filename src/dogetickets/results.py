@@ -14,12 +14,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from dogetickets import methods as registry
 from dogetickets.errors import DogeError
 from dogetickets.io import atomic_write_text, read_json, write_json
-from dogetickets.report.collect import METHOD_ORDER
 
 METRIC_NAMES = {"accuracy": "accuracy", "entity_f1": "entity F1"}
-_ORDER = {m: i for i, m in enumerate(METHOD_ORDER)}
 
 
 def collect_results(out: Path, folders: list[Path], notes: list[str] | None = None) -> dict[str, Any]:
@@ -30,21 +29,27 @@ def collect_results(out: Path, folders: list[Path], notes: list[str] | None = No
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
         info = r["run"]
-        key = (info["method"], info["objective"], info["target_sparsity"], info.get("lambda"))
+        # seeds whose lambda was chosen on dev (a ticket named without it) share a row whatever they chose
+        lam = None if info.get("lambda_chosen_on_dev") else info.get("lambda")
+        key = (info["method"], info["objective"], info["target_sparsity"], lam)
         groups.setdefault(key, []).append(r)
     domains = list(runs[0]["test"]["per_domain"])
     rows = []
-    for key in sorted(groups, key=lambda k: (_ORDER.get(k[0], len(_ORDER)), k[2], k[3] or 0.0, k[1])):
+    for key in sorted(groups, key=lambda k: (registry.order_key(k[0]), k[2], k[3] or 0.0, k[1])):
         rs = groups[key]
         method, objective, target, lam = key
 
         def avg(values: list[float]) -> float:
             return float(np.mean(values))
 
-        label = method.upper() if method in ("erm", "irm") else f"{method} {target:.0%}"
-        if method == "doge" and lam is not None:
+        is_ticket = registry.is_known(method) and registry.get(method).is_ticket
+        label = f"{method} {target:.0%}" if is_ticket else method.upper()
+        if lam is not None:
             label += f" (λ={lam:g})"
-        if objective != "erm" and method not in ("erm", "irm"):
+        elif registry.is_known(method) and registry.get(method).uses_lambda:
+            chosen = sorted({r["run"].get("lambda") for r in rs} - {None})
+            label += f" (dev-chosen λ: {', '.join(f'{x:g}' for x in chosen)})"
+        if objective != "erm" and is_ticket:
             label += f" + {objective.upper()}"
         rows.append({
             "row": label,

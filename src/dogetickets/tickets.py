@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from dogetickets import methods as registry
 from dogetickets.errors import DogeError
 from dogetickets.io import atomic_write_text
-
-ALLOCATIONS = ("global", "proportional", "balanced")
+from dogetickets.methods import ALLOCATIONS
 
 
 @dataclass(frozen=True)
@@ -127,8 +127,10 @@ class Ticket:
 
 
 def ticket_name(method: str, sparsity: float, lam: float | None = None) -> str:
+    """'doge-s10-l100': method, target sparsity in %, and lambda for a method that takes one (none when
+    the lambda is chosen on dev at selection: tickets.lambda_choice = "preview")."""
     name = f"{method}-s{round(sparsity * 100, 2):g}"
-    if method == "doge" and lam is not None:
+    if lam is not None and registry.is_known(method) and registry.get(method).uses_lambda:
         name += f"-l{lam:g}"
     return name
 

@@ -24,12 +24,12 @@ from typing import Any
 
 import pandas as pd
 
+from dogetickets import methods as registry
 from dogetickets.errors import DogeError
 from dogetickets.io import is_done, read_json
 
-BASELINES = ("erm", "irm")
-TICKET_METHODS = ("random", "winning", "doge")
-METHOD_ORDER = ("erm", "irm", "random", "winning", "doge")
+BASELINES = tuple(registry.baselines())
+METHOD_ORDER = (*registry.baselines(), *registry.ticket_methods())  # variants follow their base method
 METRIC_LABELS = {"accuracy": "Acc", "entity_f1": "F1"}
 
 ID_COLUMNS = [
@@ -187,8 +187,8 @@ def load_runs(run_dir: Path, dataset: str | None = None) -> pd.DataFrame:
     df = df[
         ID_COLUMNS + [c for c in extra if c.startswith("dev:")] + [c for c in extra if c.startswith("test:")]
     ]
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    df = df.assign(_o=df["method"].map(lambda m: order.get(m, len(order))))
+    order = {m: i for i, m in enumerate(registry.ordered(df["method"]))}
+    df = df.assign(_o=df["method"].map(order))
     df = df.sort_values(["_o", "seed", "target_sparsity", "lambda", "name"], na_position="first")
     return df.drop(columns="_o").reset_index(drop=True)
 

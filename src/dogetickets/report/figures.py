@@ -1,7 +1,7 @@
 """Figures (matplotlib, Agg, PNG at 150 dpi), each written next to the CSV it is drawn from (same stem).
 
-* transitions.png (paper Fig. 5): OOD test mean vs target sparsity for doge, winning and random tickets,
-  mean over seeds with a ±std band; ERM (and IRM) as horizontal lines. For doge, each (seed, sparsity)
+* transitions.png (paper Fig. 5): OOD test mean vs target sparsity for every ticket method present,
+  mean over seeds with a ±std band; ERM (and IRM) as horizontal lines. For a method with a lambda, each (seed, sparsity)
   uses the lambda chosen on dev at that sparsity (the chosen lambdas are listed in the CSV).
   One panel per dataset.
 * lambda.png (paper Fig. 3): doge test mean vs lambda, one line per target sparsity (mean ± std over
@@ -32,12 +32,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from dogetickets import methods as registry  # noqa: E402
 from dogetickets.errors import DogeError  # noqa: E402
 from dogetickets.io import atomic_write_text  # noqa: E402
 from dogetickets.report.select import select_dev  # noqa: E402
 
 DPI = 150
-COLORS = {"doge": "tab:red", "winning": "tab:blue", "random": "tab:green", "erm": "black", "irm": "tab:gray"}
 CLASSES = ("HMHV", "HMLV", "LMHV", "LMLV")
 
 
@@ -59,16 +59,18 @@ def _agg(values: pd.Series) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def _is_ticket(method: str) -> bool:
+    return registry.is_known(method) and registry.get(method).is_ticket
+
+
 def transitions_data(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, method, target_sparsity): test mean ± std over seeds (doge: dev-chosen λ)."""
     rows: list[dict[str, Any]] = []
     tested = runs[runs["test_mean"].notna()]
     for dataset, g in tested.groupby("dataset", sort=False):
-        for method in ("erm", "irm", "random", "winning", "doge"):
+        for method in registry.ordered(g["method"]):
             m = g[g["method"] == method]
-            if m.empty:
-                continue
-            if method == "doge":
+            if registry.is_known(method) and registry.get(method).uses_lambda:
                 # The lambda chosen on dev, per (seed, sparsity); then the test numbers of those runs.
                 chosen = select_dev(m, keys=("seed", "target_sparsity"))
                 m = m[m["path"].isin(set(chosen["path"]))]
@@ -109,23 +111,25 @@ def plot_transitions(runs: pd.DataFrame, out: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=True):
         d = data[data["dataset"] == ds]
-        for method in ("random", "winning", "doge"):
-            m = d[d["method"] == method].sort_values("target_sparsity")
-            if m.empty:
+        baselines = [m for m in registry.ordered(d["method"]) if not _is_ticket(m)]
+        for method in registry.ordered(d["method"]):
+            if method in baselines:
                 continue
+            m = d[d["method"] == method].sort_values("target_sparsity")
             x = 100 * m["target_sparsity"].to_numpy()
             y = 100 * m["test_mean"].to_numpy()
             s = 100 * m["test_std"].fillna(0).to_numpy()
-            label = f"{method} tickets" + (" (dev-chosen λ)" if method == "doge" else "")
-            ax.plot(x, y, marker="o", color=COLORS[method], label=label)
-            ax.fill_between(x, y - s, y + s, color=COLORS[method], alpha=0.2, linewidth=0)
-        for base, style in (("erm", "--"), ("irm", ":")):
+            lam = registry.is_known(method) and registry.get(method).uses_lambda
+            label = registry.label(method) + (" (dev-chosen λ)" if lam else "")
+            color = registry.color(method)
+            ax.plot(x, y, marker="o", color=color, linestyle=registry.linestyle(method), label=label)
+            ax.fill_between(x, y - s, y + s, color=color, alpha=0.15, linewidth=0)
+        for base, style in zip(baselines, ("--", ":", "-.", (0, (1, 3))), strict=False):
             b = d[d["method"] == base]
-            if not b.empty:
-                y, s = 100 * b["test_mean"].iloc[0], 100 * b["test_std"].fillna(0).iloc[0]
-                ax.axhline(y, color=COLORS[base], linestyle=style, label=base.upper())
-                if s > 0:
-                    ax.axhspan(y - s, y + s, color=COLORS[base], alpha=0.08, linewidth=0)
+            y, s = 100 * b["test_mean"].iloc[0], 100 * b["test_std"].fillna(0).iloc[0]
+            ax.axhline(y, color=registry.color(base), linestyle=style, label=registry.label(base))
+            if s > 0:
+                ax.axhspan(y - s, y + s, color=registry.color(base), alpha=0.08, linewidth=0)
         metric = str(runs.loc[runs["dataset"] == ds, "metric"].iloc[0])
         ax.set_xlabel("sparsity (%)")
         ax.set_ylabel(f"OOD test mean {'F1' if metric == 'entity_f1' else 'accuracy'} (%)")
@@ -327,7 +331,7 @@ def plot_preview(rows: pd.DataFrame, png: Path, metric: str = "accuracy") -> Pat
             agg = g.groupby("target_sparsity", sort=True)[column].agg(["mean", "std"]).fillna(0)
             x = 100 * agg.index.to_numpy(float)
             y, s = 100 * agg["mean"].to_numpy(), 100 * agg["std"].to_numpy()
-            color = COLORS.get(method, f"C{k}")
+            color = registry.color(method, f"C{k}")
             ax.plot(x, y, marker="o", markersize=3, color=color, linestyle=style[label], label=label)
             if n_seeds > 1:
                 ax.fill_between(x, y - s, y + s, color=color, alpha=0.15, linewidth=0)

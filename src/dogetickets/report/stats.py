@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dogetickets import methods as registry
 from dogetickets.data.tasks import entity_counts, entity_f1
 from dogetickets.errors import DogeError
 from dogetickets.report.collect import load_predictions
@@ -43,7 +44,7 @@ BOOTSTRAP_METHOD = (
     "95% CI = percentile interval; two-sided p = (1 + #{{|d* - d| >= |d|}}) / (1 + n_boot)."
 )
 
-DEFAULT_COMPARISONS: tuple[tuple[str, str], ...] = (("doge", "erm"), ("doge", "winning"))
+DEFAULT_COMPARISONS: tuple[tuple[str, str], ...] | None = None  # None: dogetickets.methods.comparisons
 _CHUNK = 256
 
 
@@ -164,7 +165,7 @@ def paired_bootstrap(
 
 def bootstrap_table(
     selected: pd.DataFrame,
-    comparisons: tuple[tuple[str, str], ...] = DEFAULT_COMPARISONS,
+    comparisons: tuple[tuple[str, str], ...] | None = DEFAULT_COMPARISONS,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -176,7 +177,7 @@ def bootstrap_table(
     rows: list[dict[str, Any]] = []
     for dataset, sel in selected.groupby("dataset", sort=False):
         metric = str(sel["metric"].iloc[0])
-        for a, b in comparisons:
+        for a, b in comparisons if comparisons is not None else registry.comparisons(sel["method"]):
             ra = sel[sel["method"] == a].set_index("seed")
             rb = sel[sel["method"] == b].set_index("seed")
             seeds = sorted(set(ra.index) & set(rb.index))

@@ -16,17 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dogetickets import methods as registry
 from dogetickets.io import atomic_write_text
-from dogetickets.report.collect import METHOD_ORDER, metric_label
+from dogetickets.report.collect import metric_label
 from dogetickets.report.select import select_dev, select_oracle, with_test
 
-ROW_LABELS = {
-    "erm": "ERM (fine-tuning)",
-    "irm": "IRM",
-    "random": "random tickets",
-    "winning": "winning tickets",
-    "doge": "doge tickets",
-}
 ORACLE = "oracle (test-selected)"
 
 
@@ -82,8 +76,7 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
     summary = summarize(runs)
     datasets = list(dict.fromkeys(runs["dataset"]))
     metrics = {d: str(runs.loc[runs["dataset"] == d, "metric"].iloc[0]) for d in datasets}
-    methods = [m for m in METHOD_ORDER if m in set(runs["method"])]
-    methods += sorted(set(runs["method"]) - set(METHOD_ORDER))
+    methods = registry.ordered(runs["method"])
     oracle_cols = [f"{d} {ORACLE}" if len(datasets) > 1 else ORACLE for d in datasets]
     if len(datasets) > 1:
         oracle_cols.append(f"Average {ORACLE}")
@@ -93,7 +86,7 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
     header.update({c: metric_label(metrics[d]) for c, d in zip(oracle_cols, datasets, strict=False)})
     out = [header]
     for method in methods:
-        row: dict[str, str] = {"Model": ROW_LABELS.get(method, method)}
+        row: dict[str, str] = {"Model": registry.label(method)}
         means, sparsities, omeans = [], [], []
         for d in datasets:
             sel = summary[(summary.dataset == d) & (summary.method == method)]

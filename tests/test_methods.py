@@ -1,0 +1,159 @@
+"""The method registry and the variants it makes one entry: allocation suffixes, the noise-corrected
+variance (exact against a brute-force per-example loop), the worst-domain score, lambda chosen on dev."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_run_toml
+
+from dogetickets import methods
+from dogetickets.config import config_from_dict, load_config
+from dogetickets.data.tasks import Encoded, TextClassification
+from dogetickets.errors import DogeError
+from dogetickets.models.units import Units
+from dogetickets.pipeline import Pipeline
+from dogetickets.scoring import UnitScores, between_domain_var, expressive_scores
+from dogetickets.tickets import Ticket, ticket_name
+
+
+def test_registry_variants_and_unknown_names():
+    d = methods.get("doge-balanced")
+    assert (d.ranking, d.allocation, d.uses_lambda) == ("domain_general", "balanced", True)
+    assert methods.get("doge-nc-proportional").variance == "corrected"
+    assert methods.get("winning").allocation_for("balanced") == "balanced"
+    assert methods.get("winning-global").allocation_for("balanced") == "global"
+    assert not methods.get("random").uses_scores and not methods.get("doge-worst").uses_lambda
+    for bad in ("erm-balanced", "dodge", "doge-sideways"):
+        with pytest.raises(KeyError, match="unknown method"):
+            methods.get(bad)
+    assert methods.ordered(["doge-balanced", "erm", "zzz", "doge", "random-balanced", "irm"]) == [
+        "erm", "irm", "random-balanced", "doge", "doge-balanced", "zzz"]
+    assert methods.comparisons(["erm", "winning", "doge", "doge-balanced", "winning-balanced", "doge-worst"]) == [
+        ("doge", "erm"), ("doge", "winning"), ("doge-balanced", "erm"), ("doge-balanced", "winning-balanced"),
+        ("doge-worst", "erm"), ("doge-worst", "winning")]
+    assert ticket_name("doge-nc", 0.1, 100.0) == "doge-nc-s10-l100" and ticket_name("doge", 0.1) == "doge-s10"
+    assert ticket_name("doge-worst", 0.3, 100.0) == "doge-worst-s30"
+
+
+def _cfg(methods_list: list[str]) -> dict:
+    return {"data": {"train_domains": ["a", "b"], "test_domains": ["c"]}, "tickets": {"methods": methods_list}}
+
+
+def test_config_takes_registered_ticket_methods_only():
+    cfg = config_from_dict(_cfg(["random", "doge-nc", "winning-balanced", "doge-worst"]))
+    assert cfg.tickets.methods == ["random", "doge-nc", "winning-balanced", "doge-worst"]
+    with pytest.raises(DogeError, match=r"tickets\.methods.*unknown method 'dodge'"):
+        config_from_dict(_cfg(["dodge"]))
+    with pytest.raises(DogeError, match=r"tickets\.methods.*'erm' is a baseline"):
+        config_from_dict(_cfg(["erm"]))
+
+
+def test_sampling_variance_equals_a_per_example_loop(tiny_cls):
+    """DomainScores' sums of squares give each domain mean's sampling variance exactly as a loop over
+    examples does (sample variance of |grad| / n)."""
+    from dogetickets.data.batching import collate
+    from dogetickets.scoring import per_example_gate_grads
+
+    rng = np.random.default_rng(1)
+    n = 11
+    ids = [np.concatenate([[2], rng.integers(5, 100, rng.integers(3, 12)), [3]]) for _ in range(n)]
+    data = Encoded(ids, [np.zeros_like(x) for x in ids], [int(rng.integers(0, 3)) for _ in range(n)],
+                   np.array([i % 2 for i in range(n)]), np.arange(n), ["a", "b"])
+    task = TextClassification(["x", "y", "z"])
+    units = Units(tiny_cls)
+    s = expressive_scores(tiny_cls, units, task, data, batch_size=4, pad_id=0, show_progress=False)
+    per: list[list[np.ndarray]] = [[], []]
+    for i in range(n):
+        gh, gf = per_example_gate_grads(tiny_cls, units, task, collate(data, np.array([i]), 0))
+        per[data.domain[i]].append(np.concatenate([gh[0].abs().numpy().ravel(), gf[0].abs().numpy()]))
+    vh, vf = s.sampling_var()
+    for d in (0, 1):
+        x = np.stack(per[d])
+        ref = x.var(0, ddof=1) / len(x)
+        np.testing.assert_allclose(np.concatenate([vh[d].ravel(), vf[d]]), ref, rtol=1e-4, atol=1e-12)
+    # normalized: the variance scales with the square of the normalizer of that domain's layer
+    us = UnitScores.from_domain_scores(s)
+    raw_h, _ = s.expressive()
+    scale = us.per_domain_heads / raw_h
+    np.testing.assert_allclose(us.sampling_var_heads, vh * scale**2, rtol=1e-9)
+    back = UnitScores.from_json(json.loads(json.dumps(us.to_json([1.0]))))
+    np.testing.assert_allclose(back.sampling_var_ffn, us.sampling_var_ffn)
+
+
+def test_corrected_variance_subtracts_the_expected_noise_and_floors_at_zero():
+    means = np.array([[1.0, 0.5], [3.0, 0.5], [2.0, 0.8]])  # 3 domains x 2 units
+    noise = np.array([[0.3, 0.1], [0.3, 0.1], [0.3, 0.1]])
+    observed = means.var(0)  # [2/3, 0.02]
+    corrected = between_domain_var(means, noise)
+    np.testing.assert_allclose(corrected, [2 / 3 - 2 / 3 * 0.3, 0.0])  # (D-1)/D * 0.1 > 0.02: floored
+    assert (corrected <= observed).all()
+    us = UnitScores(["a", "b", "c"], means[:, None, :], means[:, 0], means[0][None], means[0, :1], np.ones(3),
+                    noise[:, None, :], noise[:, 0])
+    h, _ = us.doge(10.0, "corrected")
+    np.testing.assert_allclose(h[0], means.mean(0) - 10.0 * corrected)
+    np.testing.assert_allclose(us.worst()[0][0], [1.0, 0.5])
+    with pytest.raises(ValueError, match="no sampling variances"):
+        UnitScores(["a"], means[:1, None], means[:1, 0], means[:1], means[0, :1], np.ones(1)).doge(1.0, "corrected")
+
+
+def test_old_scores_without_sampling_variance_are_scored_again_for_doge_nc(tmp_path, data_dir):
+    cfg_path = tmp_path / "tiny.toml"
+    cfg_path.write_text(tiny_run_toml(tmp_path / "run", data_dir, methods='["doge"]'))
+    pipe = Pipeline(load_config(cfg_path), show_progress=False)
+    try:
+        pipe.finetune()
+        pipe.score()
+        path = pipe.layout.scores(0)
+        raw = json.loads(path.read_text())
+        raw.pop("per_domain_sampling_var")  # as a run scored before the variance was recorded
+        path.write_text(json.dumps(raw))
+    finally:
+        pipe._lock.release()
+    pipe = Pipeline(load_config(cfg_path), show_progress=False)  # doge alone: reused as is
+    try:
+        assert not pipe.scores(0).has_sampling_var
+    finally:
+        pipe._lock.release()
+    pipe = Pipeline(load_config(cfg_path, {"tickets.methods": ["doge-nc"]}), show_progress=False)
+    try:
+        assert pipe.scores(0).has_sampling_var
+        assert "per_domain_sampling_var" in json.loads(path.read_text())
+    finally:
+        pipe._lock.release()
+
+
+def test_variants_and_lambda_chosen_on_dev(tmp_path, data_dir):
+    """Allocation variants are ordinary methods; with lambda_choice = "preview" one ticket per sparsity is
+    rewound, its lambda the best dev score of the masked fine-tuned model (recomputed here)."""
+    cfg_path = tmp_path / "tiny.toml"
+    cfg_path.write_text(tiny_run_toml(tmp_path / "run", data_dir, sparsities="[0.3]",
+                                      methods='["winning-balanced", "doge", "doge-nc-proportional"]'))
+    sets = {"tickets.lambdas": [0.0, 100.0, 1e6], "tickets.lambda_choice": "preview"}
+    pipe = Pipeline(load_config(cfg_path, sets), show_progress=False)
+    try:
+        results = pipe.run()
+        tickets = {p.stem: Ticket.load(p) for p in (tmp_path / "run/seed0/tickets").glob("*.json")}
+        assert sorted(tickets) == ["doge-nc-proportional-s30", "doge-s30", "winning-balanced-s30"]
+        assert tickets["winning-balanced-s30"].allocation == "balanced"
+        assert tickets["doge-nc-proportional-s30"].allocation == "proportional"
+        assert tickets["doge-s30"].allocation == "global"
+        model = pipe._finetuned(0)
+        for name in ("doge-s30", "doge-nc-proportional-s30"):
+            t = tickets[name]
+            choice = t.extra["lambda_choice"]
+            dev = {}
+            for lam in (0.0, 100.0, 1e6):
+                cand = pipe.choose_ticket(0, (t.method, 0.3, lam))
+                dev[lam] = pipe.masked_scores(model, cand, ("dev",))[0]["score"]
+                assert choice["dev_score"][f"{lam:g}"] == pytest.approx(dev[lam])
+            best = max(dev.values())
+            assert t.lam == min(lam for lam, v in dev.items() if v == best) == choice["chosen"]
+        rows = {r["method"]: r for r in results["rows"]}
+        assert rows["doge"]["row"].startswith("doge 30% (dev-chosen λ:") and rows["doge"]["lambda"] is None
+        assert Path(tmp_path / "run/seed0/rewind/doge-s30/DONE").is_file()
+    finally:
+        pipe._lock.release()
