@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import shutil
@@ -438,3 +439,192 @@ def test_report_several_datasets(run_dir: Path, tmp_path: Path) -> None:
     assert "amazonB" in md.read_text()
     tr = pd.read_csv(tmp_path / "both" / "transitions.csv")
     assert len(tr) == 14
+
+
+# ---- summary, wall time and machine, reproduce ----------------------------------------------------------
+def _section(md: str, title: str) -> str:
+    """The text of a '## title' section of report.md, up to the next '## ' heading."""
+    return md.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_machine_describe_keys_and_types() -> None:
+    from dogetickets import machine
+
+    d = machine.describe()
+    json.dumps(d)  # recorded in timing.json as is
+    assert isinstance(d["os"], str) and d["os"] and isinstance(d["python"], str) and d["python"]
+    assert d["cpu"] is None or isinstance(d["cpu"], str)
+    assert isinstance(d["logical_cores"], int) and d["logical_cores"] >= 1
+    assert isinstance(d["torch_threads"], int) and d["torch_threads"] >= 1
+    assert d["ram_gib"] is None or (isinstance(d["ram_gib"], float) and d["ram_gib"] > 0)
+    assert isinstance(d["cuda_devices"], list) and all(isinstance(x, str) for x in d["cuda_devices"])
+    import torch
+
+    assert d["torch"] == torch.__version__
+    for key in ("transformers", "accelerate", "dogetickets"):
+        assert isinstance(d[key], str) and d[key], key
+    if "git" in d:  # only from a git working tree
+        assert isinstance(d["git"], str) and len(d["git"].removesuffix("+dirty")) >= 4
+    lines = machine.lines(d)
+    assert lines[0].startswith("OS: ") and any(line.startswith("torch threads: ") for line in lines)
+
+
+def _add_doge_nc(root: Path) -> None:
+    """A doge-nc method (two configurations per seed) beside the others."""
+    for seed, runs in {0: {"doge-nc-s10-l10": (0.66, 13, 13), "doge-nc-s30-l10": (0.69, 15, 13)},
+                       1: {"doge-nc-s10-l10": (0.70, 16, 14), "doge-nc-s30-l10": (0.60, 20, 20)}}.items():
+        for name, (dev, k1, k2) in runs.items():
+            folder = root / f"seed{seed}" / "rewind" / name
+            write_run(folder, seed, name, dev, (k1, k2))
+            m = json.loads((folder / "metrics.json").read_text())
+            m["run"]["method"] = "doge-nc"
+            (folder / "metrics.json").write_text(json.dumps(m))
+
+
+def test_summary_numbers(run_dir: Path, tmp_path: Path) -> None:
+    a = tmp_path / "amazonA"
+    shutil.copytree(run_dir, a)
+    _add_doge_nc(a)
+    b = tmp_path / "amazonB"
+    shutil.copytree(run_dir, b)
+    write_run(b / "seed1" / "erm", 1, "erm", 0.61, (20, 20))  # ERM of seed 1 at 100% on dataset B
+    md = write_report([a, b], out=tmp_path / "rep", n_boot=100).read_text()
+    summary = _section(md, "Summary")
+
+    def line(block: str, name: str) -> str:
+        (found,) = [x for x in block.splitlines() if x.startswith(f"- {name}: ")]
+        return found
+
+    def pts(diffs: list[float]) -> str:
+        return f"{100 * statistics.mean(diffs):+.1f} points"
+
+    erm_a = [expected_mean(s, "erm") for s in RESULTS]  # 0.65, 0.675
+    erm_b = [erm_a[0], 1.0]
+    doge = [expected_mean(s, DEV_BEST["doge"]) for s in RESULTS]  # 0.775, 0.825
+    winning = [expected_mean(s, DEV_BEST["winning"]) for s in RESULTS]  # 0.6, 0.625
+    nc = [(15 + 13) / 40, (16 + 14) / 40]  # dev-best doge-nc: s30 on seed 0, s10 on seed 1 (not test-best s30)
+    da = [x - y for x, y in zip(doge, erm_a, strict=True)]  # +12.5, +15.0
+    db = [x - y for x, y in zip(doge, erm_b, strict=True)]  # +12.5, -17.5
+    dw = [x - y for x, y in zip(doge, winning, strict=True)]  # +17.5, +20.0
+    dnc = [x - y for x, y in zip(nc, erm_a, strict=True)]  # +5.0, +7.5
+
+    block_a = summary.split("### amazonA (Acc)\n", 1)[1].split("###", 1)[0]
+    block_b = summary.split("### amazonB (Acc)\n", 1)[1].split("###", 1)[0]
+    overall = summary.split("### Overall (mean over datasets)\n", 1)[1]
+    assert line(block_a, "doge tickets - ERM (fine-tuning)").startswith(f"- doge tickets - ERM (fine-tuning): "
+                                                                         f"{pts(da)} (2 of 2 seeds ahead; ")
+    assert pts(da) == "+13.8 points" and pts(db) == "-2.5 points"
+    assert f"{pts(db)} (1 of 2 seeds ahead; " in line(block_b, "doge tickets - ERM (fine-tuning)")
+    assert f"{pts(dw)} (2 of 2 seeds ahead; " in line(block_a, "doge tickets - winning tickets")
+    # doge-nc vs ERM is summarized too (dataset B has no doge-nc)
+    nc_line = line(block_a, "doge tickets (noise-corrected var.) - ERM (fine-tuning)")
+    assert f"{pts(dnc)} (2 of 2 seeds ahead" in nc_line and pts(dnc) == "+6.2 points"
+    assert "noise-corrected" not in block_b
+    # a line quotes the bootstrap's pooled CI and p when the bootstrap made that comparison, else none
+    boot = pd.read_csv(tmp_path / "rep" / "bootstrap.csv")
+    boot = boot[(boot.dataset == "amazonA") & (boot.seed == "mean")].set_index("comparison")
+    for a_, b_, base in (("doge", "erm", "doge tickets - ERM (fine-tuning)"),
+                         ("doge-nc", "erm", "doge tickets (noise-corrected var.) - ERM (fine-tuning)"),
+                         ("random", "erm", "random tickets - ERM (fine-tuning)")):
+        text = line(block_a, base)
+        if f"{a_} - {b_}" in boot.index:
+            pooled = boot.loc[f"{a_} - {b_}"]
+            assert text.endswith(
+                f"; pooled bootstrap 95% CI [{100 * pooled.ci_low:+.1f}, {100 * pooled.ci_high:+.1f}], "
+                f"p = {pooled.p_value:.3f})"
+            ), text
+        else:
+            assert text.endswith(" seeds ahead)"), text
+    assert "doge - erm" in boot.index
+    # overall: mean over datasets of the per-dataset means; seeds ahead counted over both datasets
+    overall_erm = statistics.mean([statistics.mean(da), statistics.mean(db)])  # +5.625
+    assert line(overall, "doge tickets - ERM (fine-tuning)").endswith(
+        f"{100 * overall_erm:+.1f} points (mean over 2 datasets; 3 of 4 seeds ahead)"
+    )
+    assert line(overall, "doge tickets (noise-corrected var.) - ERM (fine-tuning)").endswith(
+        f"{pts(dnc)} (mean over 1 of 2 datasets; 2 of 2 seeds ahead)"
+    )
+    wa = [x - y for x, y in zip(winning, erm_a, strict=True)]
+    wb = [x - y for x, y in zip(winning, erm_b, strict=True)]
+    assert line(overall, "winning tickets - ERM (fine-tuning)").endswith(
+        f"{100 * statistics.mean([statistics.mean(wa), statistics.mean(wb)]):+.1f} points "
+        "(mean over 2 datasets; 0 of 4 seeds ahead)"
+    )
+
+
+def test_summary_single_dataset_has_no_overall(report: Path) -> None:
+    summary = _section(report.read_text(), "Summary")
+    assert "### amazonA (Acc)" in summary and "### Overall" not in summary and "Overall:" not in summary
+
+
+def test_wall_time_and_machine(run_dir: Path, tmp_path: Path) -> None:
+    a = tmp_path / "amazonA"
+    shutil.copytree(run_dir, a)
+    b = tmp_path / "amazonB"
+    shutil.copytree(run_dir, b)
+    desc = {"os": "Linux-test", "python": "CPython 3.11.7", "cpu": "Test CPU 9000", "logical_cores": 8,
+            "torch_threads": 4, "ram_gib": 31.2, "cuda_devices": [], "torch": "2.0", "git": "abc1234+dirty"}
+    (a / "timing.json").write_text(json.dumps({"total_seconds": 5400.0, "outside_model_seconds": 54.0,
+                                               "outside_model_share": 0.01, "read data": 1.0, "machine": desc}))
+    for seed in RESULTS:
+        (a / f"seed{seed}" / "erm" / "timing.json").write_text(json.dumps({"seconds": 100.0}))
+        for name in ("doge-s30-l100", "winning-s10"):
+            (a / f"seed{seed}" / "rewind" / name / "timing.json").write_text(json.dumps({"seconds": 40.0}))
+    md = write_report([a, b], out=tmp_path / "rep", n_boot=20).read_text()
+    sec = _section(md, "Wall time and machine")
+    (row_a,) = [x for x in sec.splitlines() if x.startswith("| amazonA |")]
+    cells = [c.strip() for c in row_a.strip("|").split("|")]
+    assert cells == ["amazonA", "5400 s (1.50 h)", "54.0 s (1.0%)", "200 s (3.3 min) in 2 runs",
+                     "160 s (2.7 min) in 4 runs; 12 without timing"]
+    (row_b,) = [x for x in sec.splitlines() if x.startswith("| amazonB |")]
+    assert row_b.count("not recorded") == 3
+    assert "Machine (amazonA):" in sec and "Machine not recorded: amazonB." in sec
+    for needle in ("- CPU: Test CPU 9000", "- logical cores: 8", "- torch threads: 4", "- RAM (GiB): 31.2",
+                   "- CUDA devices: none", "- git commit: abc1234+dirty"):
+        assert needle in sec, needle
+    assert "exceed the last process's total" not in sec
+    # the same machine in both: one list for all; more training recorded than the process lasted is flagged
+    (b / "timing.json").write_text(json.dumps({"total_seconds": 60.0, "machine": desc}))
+    (b / "seed0" / "erm" / "timing.json").write_text(json.dumps({"seconds": 100.0}))
+    sec = _section(write_report([a, b], out=tmp_path / "rep", n_boot=20).read_text(), "Wall time and machine")
+    assert sec.count("Machine (all run directories):") == 1 and "not recorded: amazonB" not in sec
+    assert "In amazonB, the recorded training seconds exceed the last process's total" in sec
+    assert sec.count("- CPU: Test CPU 9000") == 1
+
+
+def test_reproduce_generated_and_given(run_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dogetickets.cli import app
+
+    a = tmp_path / "amazon A"  # a space: commands are shell-quoted
+    shutil.copytree(run_dir, a)
+    out = tmp_path / "rep"
+    res = CliRunner().invoke(app, ["report", str(a), "--out", str(out), "--n-boot", "20", "-q"])
+    assert res.exit_code == 0, res.output
+    md = (out / "report.md").read_text()
+    assert md.startswith("# Doge tickets report\n")
+    block = _section(md, "Reproduce").split("```\n")[1].splitlines()
+    assert block == [
+        f"doge run '{a}/config.toml' --out '{a}'",
+        f"doge report '{a}' --out {out} --n-boot 20 --seed 0",
+    ]
+    # the original config, when timing.json records its path
+    (a / "timing.json").write_text(json.dumps({"total_seconds": 1.0, "config_path": "configs/study/a.toml"}))
+    md = write_report([a], out=out, n_boot=20, seed=3, title="Study").read_text()
+    assert _section(md, "Reproduce").split("```\n")[1].splitlines() == [
+        f"doge run configs/study/a.toml --out '{a}'",
+        f"doge report '{a}' --out {out} --n-boot 20 --seed 3 --title Study",
+    ]
+    # given commands: verbatim, in order, in markdown and html; the title as h1 and html title
+    cmds = ["export DOGE_DATA_DIR=../shared/data/dogetickets",
+            "doge run configs/study/amazon_a.toml --set 'train.lr=3e-5' <&- && echo ok"]
+    res = CliRunner().invoke(app, ["report", str(a), "--out", str(out), "--n-boot", "20", "-q", "--title",
+                                   "Doge tickets on Amazon", "--command", cmds[0], "--command", cmds[1]])
+    assert res.exit_code == 0, res.output
+    md = (out / "report.md").read_text()
+    assert md.startswith("# Doge tickets on Amazon\n")
+    assert _section(md, "Reproduce") == "\n```\n" + "\n".join(cmds) + "\n```\n"
+    page = (out / "report.html").read_text()
+    assert "<title>Doge tickets on Amazon</title>" in page and "<h1>Doge tickets on Amazon</h1>" in page
+    assert "<pre><code>" + html.escape("\n".join(cmds)) + "</code></pre>" in page

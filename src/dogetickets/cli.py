@@ -141,12 +141,19 @@ def report(
     out: Annotated[Path | None, typer.Option("--out", help="Where to write (default: the first run dir)")] = None,
     n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed")] = 0,
+    title: Annotated[str, typer.Option("--title", help="The report's heading and HTML title")] = (
+        "Doge tickets report"
+    ),
+    command: Annotated[list[str] | None, typer.Option(
+        "--command", help="A command that reproduces the report, shown verbatim under 'Reproduce' (repeatable, "
+        "in order; default: generated from the run directories)")] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """report.md/.html, CSVs and figures: Table 2 (dev-selected), paired bootstrap, transitions, lambda, scores."""
+    """report.md/.html, CSVs and figures: Table 2 (dev-selected), paired bootstrap, summary, wall time and
+    machine, the commands that reproduce it, transitions, lambda, scores."""
     from dogetickets.report import write_report
 
-    path = write_report(run_dirs, out=out, n_boot=n_boot, seed=seed)
+    path = write_report(run_dirs, out=out, n_boot=n_boot, seed=seed, title=title, commands=command)
     if not quiet:
         typer.echo(path.read_text(encoding="utf-8"))
     typer.echo(f"report: {path} (and {path.with_suffix('.html')})")

@@ -1,19 +1,26 @@
 """Reports of finished runs: tables, paired bootstrap and figures. Reads run directories; never trains.
 
 ``write_report([run_dir, ...])`` writes report.md, a self-contained report.html, the CSVs (table2.csv,
-runs.csv, bootstrap.csv, one per figure) and the figures, into the first run directory by default.
+runs.csv, bootstrap.csv, one per figure) and the figures, into the first run directory by default. Beside
+the tables: a summary of the dev-selected differences, the wall time and machine of each run directory
+(its timing.json, with the machine description under "machine") and the commands that reproduce it all.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import json
 import math
+import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = ["write_report"]
+
+DEFAULT_TITLE = "Doge tickets report"
 
 
 @dataclass
@@ -37,6 +44,10 @@ class _Doc:
     def image(self, path: Path, alt: str) -> None:
         self.blocks.append(("img", (Path(path), alt)))
 
+    def code(self, lines: list[str]) -> None:
+        """Lines shown verbatim (a fenced block in markdown, <pre> in HTML)."""
+        self.blocks.append(("code", list(lines)))
+
     def markdown(self) -> str:
         from dogetickets.report.tables import to_markdown
 
@@ -52,6 +63,10 @@ class _Doc:
                 out.append(to_markdown(x))
             elif kind == "img":
                 out.append(f"![{x[1]}]({x[0].name})\n")
+            elif kind == "code":
+                text = "\n".join(x)
+                fence = "`" * max(3, 1 + max((len(r) for r in re.findall("`+", text)), default=0))
+                out.append(f"{fence}\n{text}\n{fence}\n")
         return "\n".join(out)
 
     def html(self, title: str) -> str:
@@ -62,7 +77,7 @@ class _Doc:
             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
             "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
             "th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}"
-            "th{background:#f3f3f3}img{max-width:100%}</style>",
+            "th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}</style>",
             "</head><body>",
         ]
         for kind, x in self.blocks:
@@ -77,6 +92,8 @@ class _Doc:
             elif kind == "img":
                 data = base64.b64encode(x[0].read_bytes()).decode("ascii")
                 parts.append(f'<p><img alt="{html.escape(x[1])}" src="data:image/png;base64,{data}"></p>')
+            elif kind == "code":
+                parts.append("<pre><code>" + html.escape("\n".join(x)) + "</code></pre>")
         parts.append("</body></html>")
         return "\n".join(parts) + "\n"
 
@@ -87,11 +104,250 @@ def _pct(x: float, signed: bool = False) -> str:
     return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
 
 
-def write_report(run_dirs: list[Path], out: Path | None = None, n_boot: int = 1000, seed: int = 0) -> Path:
+def _comparisons(sel: Any, boot: Any) -> list[tuple[str, str]]:
+    """(a, b) pairs to summarize: the bootstrap's own, then doge vs ERM and vs winning, then every other
+    ticket method present vs ERM (registry order)."""
+    from dogetickets import methods
+
+    present = set(sel["method"])
+    pairs: list[tuple[str, str]] = []
+    for c in dict.fromkeys(boot["comparison"]):
+        a, sep, b = str(c).partition(" - ")
+        if sep:
+            pairs.append((a, b))
+    others = sorted(
+        (m for m in present if m != "doge" and methods.is_known(m) and methods.get(m).is_ticket),
+        key=methods.order_key,
+    )
+    for pair in [("doge", "erm"), ("doge", "winning"), *((m, "erm") for m in others)]:
+        if pair[0] in present and pair[1] in present and pair not in pairs:
+            pairs.append(pair)
+    return pairs
+
+
+def _seed_diffs(dataset: str, a: str, b: str, chosen: Any, boot: Any) -> tuple[list[float], dict[str, float]]:
+    """Per-seed test-mean differences a - b of the dev-selected runs, and the pooled bootstrap row (ci_low,
+    ci_high, p_value) when the bootstrap has this comparison. From the bootstrap's per-seed rows when
+    present, else from the chosen runs' test means (seeds where both have one)."""
+    rows = boot[(boot["dataset"] == dataset) & (boot["comparison"] == f"{a} - {b}")]
+    per = rows[rows["seed"].astype(str) != "mean"]
+    pooled: dict[str, float] = {}
+    if not per.empty:
+        diffs = [float(d) for d in per["diff"] if not math.isnan(float(d))]
+        mean_row = rows[rows["seed"].astype(str) == "mean"]
+        if not mean_row.empty:
+            pooled = {k: float(mean_row[k].iloc[0]) for k in ("ci_low", "ci_high", "p_value")}
+        return diffs, pooled
+    sub = chosen[chosen["dataset"] == dataset]
+    ta = sub[sub["method"] == a].set_index("seed")["test_mean"]
+    tb = sub[sub["method"] == b].set_index("seed")["test_mean"]
+    seeds = sorted(set(ta.index) & set(tb.index))
+    diffs = [float(ta[s]) - float(tb[s]) for s in seeds]
+    return [d for d in diffs if not math.isnan(d)], pooled
+
+
+def _ahead(diffs: list[float]) -> str:
+    n, k, tied = len(diffs), sum(d > 0 for d in diffs), sum(d == 0 for d in diffs)
+    return f"{k} of {n} seed{'s' if n != 1 else ''} ahead" + (f", {tied} tied" if tied else "")
+
+
+def _summary(doc: _Doc, names: list[str], sel: Any, runs: Any, boot: Any) -> None:
+    from dogetickets.methods import label
+    from dogetickets.report.collect import metric_label
+    from dogetickets.report.select import with_test
+
+    doc.h(2, "Summary")
+    chosen = with_test(sel, runs)
+    pairs = _comparisons(sel, boot)
+    found: dict[tuple[str, str], list[tuple[float, list[float]]]] = {}
+    sections: list[tuple[str, list[str]]] = []
+    for name in names:
+        lines = []
+        for a, b in pairs:
+            diffs, pooled = _seed_diffs(name, a, b, chosen, boot)
+            if not diffs:
+                continue
+            mean = sum(diffs) / len(diffs)
+            found.setdefault((a, b), []).append((mean, diffs))
+            ci = ""
+            if pooled:
+                ci = (
+                    f"; pooled bootstrap 95% CI [{_pct(pooled['ci_low'], True)}, {_pct(pooled['ci_high'], True)}], "
+                    f"p = {pooled['p_value']:.3f}"
+                )
+            lines.append(f"{label(a)} - {label(b)}: {_pct(mean, True)} points ({_ahead(diffs)}{ci})")
+        if lines:
+            metric = metric_label(str(runs.loc[runs["dataset"] == name, "metric"].iloc[0]))
+            sections.append((f"{name} ({metric})", lines))
+    if not sections:
+        doc.p("No comparison has test numbers on both sides: nothing to summarize.")
+        return
+    doc.p(
+        "Test mean of each method's dev-selected configuration minus the baseline's, in points (percentage "
+        "points of the dataset's metric): the mean over seeds of the per-seed differences (the bootstrap's "
+        "pooled row, where it was computed); 'ahead' counts the seeds with a positive difference."
+        + (" Overall: the mean over datasets of those means." if len(names) > 1 else "")
+    )
+    for title, lines in sections:
+        doc.h(3, title)
+        doc.items(lines)
+    if len(names) > 1:
+        overall = []
+        for (a, b), per in found.items():
+            means = [m for m, _ in per]
+            diffs = [d for _, ds in per for d in ds]
+            where = f"{len(per)} datasets" if len(per) == len(names) else f"{len(per)} of {len(names)} datasets"
+            overall.append(
+                f"{label(a)} - {label(b)}: {_pct(sum(means) / len(means), True)} points "
+                f"(mean over {where}; {_ahead(diffs)})"
+            )
+        doc.h(3, "Overall (mean over datasets)")
+        doc.items(overall)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds:.0f} s ({seconds / 3600:.2f} h)"
+    if seconds >= 60:
+        return f"{seconds:.0f} s ({seconds / 60:.1f} min)"
+    return f"{seconds:.1f} s"
+
+
+def _training(paths: list[str]) -> tuple[str, float]:
+    """The summed training seconds recorded by these runs (as shown, and the number)."""
+    if not paths:
+        return "-", 0.0
+    from dogetickets.io import read_json_or_none
+
+    secs = [(read_json_or_none(Path(p) / "timing.json") or {}).get("seconds") for p in paths]
+    known = [float(x) for x in secs if isinstance(x, (int, float))]
+    if not known:
+        return "not recorded", 0.0
+    missing = len(paths) - len(known)
+    text = f"{_duration(sum(known))} in {len(known)} run{'s' if len(known) != 1 else ''}" + (
+        f"; {missing} without timing" if missing else ""
+    )
+    return text, sum(known)
+
+
+def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> None:
+    import pandas as pd
+
+    from dogetickets import machine, methods
+    from dogetickets.io import read_json_or_none
+
+    doc.h(2, "Wall time and machine")
+    doc.p(
+        "From each run directory's timing.json. 'doge run total' is the wall time of the last `doge run` "
+        "process on the directory: a resumed run, or one whose baselines came from an earlier `doge finetune`, "
+        "counts only that last process. 'outside the model': reading, tokenizing, batching and saving, within "
+        "that total. Training columns: the seconds recorded by each reported run (training with its dev "
+        "evaluations), summed; scoring and ticket choice are not timed apart (they are in the process total)."
+    )
+    rows: list[dict[str, str]] = []
+    machines: dict[str, tuple[dict, list[str]]] = {}
+    unrecorded: list[str] = []
+    earlier: list[str] = []  # more training recorded than the last process lasted
+    for name, d in zip(names, run_dirs, strict=True):
+        timing = read_json_or_none(d / "timing.json")
+        timing = timing if isinstance(timing, dict) else {}
+        total, outside = timing.get("total_seconds"), timing.get("outside_model_seconds")
+        sub = runs[runs["dataset"] == name]
+        ticket = sub["method"].map(lambda m: methods.is_known(m) and methods.get(m).is_ticket)
+        base_text, base_s = _training(list(sub.loc[~ticket, "path"]))
+        ticket_text, ticket_s = _training(list(sub.loc[ticket, "path"]))
+        if isinstance(total, (int, float)) and base_s + ticket_s > total:
+            earlier.append(name)
+        rows.append(
+            {
+                "run directory": name,
+                "doge run total": _duration(float(total)) if isinstance(total, (int, float)) else "not recorded",
+                "outside the model": (
+                    f"{_duration(float(outside))} ({float(timing.get('outside_model_share', 0.0)):.1%})"
+                    if isinstance(outside, (int, float))
+                    else ""
+                ),
+                "baseline training": base_text,
+                "ticket training": ticket_text,
+            }
+        )
+        desc = timing.get("machine")
+        if isinstance(desc, dict) and desc:
+            machines.setdefault(json.dumps(desc, sort_keys=True, default=str), (desc, []))[1].append(name)
+        else:
+            unrecorded.append(name)
+    doc.table(pd.DataFrame(rows))
+    if earlier:
+        doc.p(
+            f"In {', '.join(earlier)}, the recorded training seconds exceed the last process's total: not all "
+            "of those runs were trained in that process, so the total is not the directory's whole cost."
+        )
+    for i, (desc, used) in enumerate(machines.values(), 1):
+        which = "all run directories" if len(used) == len(names) else ", ".join(used)
+        doc.p(f"Machine{f' {i}' if len(machines) > 1 else ''} ({which}):")
+        doc.items(machine.lines(desc))
+    if unrecorded:
+        doc.p(f"Machine not recorded: {', '.join(unrecorded)}.")
+
+
+def _recorded_command(run_dir: Path) -> str | None:
+    """`doge run` of the original config, when the run directory's timing.json records its path
+    ("config_path") or the command itself ("command": a string or an argument list)."""
+    from dogetickets.io import read_json_or_none
+
+    timing = read_json_or_none(run_dir / "timing.json")
+    if not isinstance(timing, dict):
+        return None
+    cmd = timing.get("command")
+    if isinstance(cmd, str) and cmd.strip():
+        return cmd.strip()
+    if isinstance(cmd, list) and cmd and all(isinstance(x, str) for x in cmd):
+        return shlex.join(cmd)
+    cfg = timing.get("config_path")
+    if isinstance(cfg, str) and cfg.strip():
+        return shlex.join(["doge", "run", cfg.strip(), "--out", str(run_dir)])
+    return None
+
+
+def _reproduce(
+    doc: _Doc, run_dirs: list[Path], out: Path | None, n_boot: int, seed: int, title: str,
+    commands: list[str] | None,
+) -> None:
+    doc.h(2, "Reproduce")
+    if commands:
+        doc.code(commands)
+        return
+    doc.p(
+        "Each run directory's config.toml is the exact resolved config of its runs (data.dir as recorded there, "
+        "or --data-dir / $DOGE_DATA_DIR); `doge run` skips the stages a directory has already finished with the "
+        "same settings."
+    )
+    lines = [_recorded_command(d) or shlex.join(["doge", "run", str(d / "config.toml"), "--out", str(d)])
+             for d in run_dirs]
+    report = ["doge", "report", *(str(d) for d in run_dirs)]
+    if out is not None:
+        report += ["--out", str(out)]
+    report += ["--n-boot", str(n_boot), "--seed", str(seed)]
+    if title != DEFAULT_TITLE:
+        report += ["--title", title]
+    doc.code([*lines, shlex.join(report)])
+
+
+def write_report(
+    run_dirs: list[Path],
+    out: Path | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    title: str = DEFAULT_TITLE,
+    commands: list[str] | None = None,
+) -> Path:
     """Write report.md, report.html, CSVs and figures for the given run directories (one per dataset).
 
-    `out` defaults to the first run directory. Returns the path of report.md. A DogeError (one line)
-    when a directory is missing or has no finished run.
+    `out` defaults to the first run directory. `title` is the report's heading and HTML title. `commands`,
+    when given, are shown verbatim as the commands that reproduce the report; otherwise they are generated
+    (`doge run` of each directory's config.toml, or of the original config when timing.json records it, and
+    this `doge report`). Returns the path of report.md. A DogeError (one line) when a directory is missing
+    or has no finished run.
     """
     import pandas as pd
 
@@ -105,13 +361,14 @@ def write_report(run_dirs: list[Path], out: Path | None = None, n_boot: int = 10
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
         raise DogeError("no run directory given")
+    out_arg = out
     out = Path(out) if out is not None else run_dirs[0]
     out.mkdir(parents=True, exist_ok=True)
     runs = load_all(run_dirs)
     names = dataset_names(run_dirs)
 
     doc = _Doc()
-    doc.h(1, "Doge tickets report")
+    doc.h(1, title)
     inputs = []
     for name, d in zip(names, run_dirs, strict=True):
         sub = runs[runs["dataset"] == name]
@@ -181,6 +438,10 @@ def write_report(run_dirs: list[Path], out: Path | None = None, n_boot: int = 10
         )
         doc.table(shown)
 
+    _summary(doc, names, sel, runs, boot)
+    _wall_time(doc, names, run_dirs, runs)
+    _reproduce(doc, run_dirs, out_arg, n_boot, seed, title, commands)
+
     doc.h(2, "Figures")
     png = figures.plot_transitions(runs, out)
     doc.h(3, "Transitions with sparsity (Fig. 5)")
@@ -244,5 +505,5 @@ def write_report(run_dirs: list[Path], out: Path | None = None, n_boot: int = 10
 
     md = out / "report.md"
     atomic_write_text(md, doc.markdown())
-    atomic_write_text(out / "report.html", doc.html("Doge tickets report"))
+    atomic_write_text(out / "report.html", doc.html(title))
     return md
