@@ -23,7 +23,8 @@ from dogetickets.tickets import Ticket, ticket_name
 def test_registry_variants_and_unknown_names():
     d = methods.get("doge-balanced")
     assert (d.ranking, d.allocation, d.uses_lambda) == ("domain_general", "balanced", True)
-    assert methods.get("doge-nc-proportional").variance == "corrected"
+    assert methods.get("doge-nc-proportional").variance_for("paper") == "corrected"
+    assert methods.get("doge-balanced").variance_for("corrected") == "corrected"
     assert methods.get("winning").allocation_for("balanced") == "balanced"
     assert methods.get("winning-global").allocation_for("balanced") == "global"
     assert not methods.get("random").uses_scores and not methods.get("doge-worst").uses_lambda
@@ -118,10 +119,14 @@ def test_old_scores_without_sampling_variance_are_scored_again_for_doge_nc(tmp_p
         assert not pipe.scores(0).has_sampling_var
     finally:
         pipe._lock.release()
-    pipe = Pipeline(load_config(cfg_path, {"tickets.methods": ["doge-nc"]}), show_progress=False)
+    pipe = Pipeline(load_config(cfg_path, {"tickets.variance": "corrected"}), show_progress=False)
     try:
         assert pipe.scores(0).has_sampling_var
         assert "per_domain_sampling_var" in json.loads(path.read_text())
+        ticket = pipe.choose_ticket(0, ("doge", 0.2, 100.0))  # the corrected variance, as doge-nc's
+        nc = pipe.choose_ticket(0, ("doge-nc", 0.2, 100.0))
+        assert (ticket.pruned_heads, ticket.pruned_ffn) == (nc.pruned_heads, nc.pruned_ffn)
+        assert pipe._ticket_settings(0, ("doge", 0.2, 100.0))["variance"] == "corrected"
     finally:
         pipe._lock.release()
 

@@ -170,6 +170,9 @@ class TicketConfig(_Section):
     # the report picks the best dev run) or "preview" (per sparsity, the lambda whose ticket removed from
     # the fine-tuned model, without retraining, scores best on dev; only that ticket is rewound)
     lambda_choice: Literal["rewind", "preview"] = "rewind"
+    # doge's between-domain variance: "paper" (observed) or "corrected" (minus the sampling noise of the
+    # domain means, floored at 0; method "doge-nc" always uses it) (dogetickets.scoring)
+    variance: Literal["paper", "corrected"] = "paper"
     max_score_per_domain: Count = 0  # examples per domain for scoring; 0 = all training examples
     # small length-sorted batches score fastest on CPU (benchmarks/bench_core.py)
     score_batch_size: int = Field(16, gt=0)

@@ -35,7 +35,7 @@ class Method:
     color: str  # matplotlib colour
     kind: str  # "baseline" | "ticket"
     ranking: str = ""  # ticket methods: one of RANKINGS
-    variance: str = "paper"  # ranking "domain_general": which between-domain variance (VARIANCES)
+    variance: str | None = None  # ranking "domain_general": VARIANCES; None: the run's tickets.variance
     allocation: str | None = None  # None: the run's tickets.allocation
     description: str = ""
 
@@ -60,6 +60,10 @@ class Method:
     def allocation_for(self, default: str) -> str:
         """The allocation this method's tickets use, given the run's tickets.allocation."""
         return self.allocation or default
+
+    def variance_for(self, default: str) -> str:
+        """The between-domain variance this method uses, given the run's tickets.variance."""
+        return self.variance or default
 
 
 def _split_allocation(name: str) -> tuple[str, str | None]:

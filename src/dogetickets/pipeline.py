@@ -211,6 +211,8 @@ class Pipeline:
         source = self._scores_settings(seed) if m.uses_scores else self._init_settings(seed)
         out = {"method": method, "target_sparsity": sparsity, "lambda": lam, "seed": seed,
                "allocation": m.allocation_for(self.cfg.tickets.allocation), "from": source}
+        if m.uses_lambda and m.variance_for(self.cfg.tickets.variance) != "paper":
+            out["variance"] = m.variance_for(self.cfg.tickets.variance)
         if m.uses_lambda and lam is None:  # chosen on dev among these, by the masked fine-tuned model
             out["lambda_choice"] = {"by": "preview", "lambdas": list(self.cfg.tickets.lambdas),
                                     "eval_batch_size": self.cfg.train.eval_batch_size}
@@ -289,7 +291,7 @@ class Pipeline:
                 if scores.has_sampling_var or not self._needs_sampling_var():
                     self._scores[seed] = scores
                     return scores
-                self._warn(f"{self.layout.scores(seed)}: has no sampling variances (doge-nc needs them); "
+                self._warn(f"{self.layout.scores(seed)}: no sampling variances (needed by the corrected variance); "
                            "scoring again")
             except (KeyError, TypeError, ValueError):
                 self._warn(f"{self.layout.scores(seed)}: damaged; scoring again")
@@ -304,7 +306,8 @@ class Pipeline:
         return scores
 
     def _needs_sampling_var(self) -> bool:
-        return any(registry.get(m).variance == "corrected" for m in self.cfg.tickets.methods)
+        t = self.cfg.tickets
+        return any(registry.get(m).variance_for(t.variance) == "corrected" for m in t.methods)
 
     def _score_model(self, model: torch.nn.Module, seed: int) -> UnitScores:
         model.to(self.device)
@@ -365,7 +368,7 @@ class Pipeline:
         elif m.ranking == "worst":
             head, ffn = scores.worst()
         else:
-            head, ffn = scores.doge(lam or 0.0, m.variance)
+            head, ffn = scores.doge(lam or 0.0, m.variance_for(self.cfg.tickets.variance))
         return select(head, ffn, shape, sparsity, method, lam=lam, seed=seed, allocation=allocation)
 
     def _lambda_by_preview(self, seed: int, spec: TicketSpec) -> Ticket:
