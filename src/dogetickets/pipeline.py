@@ -638,15 +638,19 @@ class Pipeline:
         return DogeError(f"{len(self.failed)} run(s) failed: {', '.join(self.failed)} (first: {first}: {why}); "
                          "a rerun retries only these")
 
-    def report_time(self) -> dict[str, float]:
+    def report_time(self) -> dict[str, Any]:
         """Where this process's wall time went outside the model (tokenizing, batching, reading, saving)."""
         from dogetickets.data.batching import COLLATE_SECONDS
 
         total = time.perf_counter() - self.started
         parts = {**self.timing, "batching": COLLATE_SECONDS[0], "save models": SAVE_SECONDS[0]}
         outside = sum(parts.values())
+        from dogetickets.machine import describe
+
         share = {"total_seconds": total, "outside_model_seconds": outside,
-                 "outside_model_share": outside / total if total else 0.0, **parts}
+                 "outside_model_share": outside / total if total else 0.0, **parts,
+                 "command": ["doge", *sys.argv[1:]] if Path(sys.argv[0]).name == "doge" else list(sys.argv),
+                 "machine": describe()}
         self._say(f"time: {total:.0f}s, outside the model {outside:.1f}s ({share['outside_model_share']:.1%}: "
                       + ", ".join(f"{k} {v:.1f}s" for k, v in parts.items()) + ")")
         write_json(self.layout.timing, share)

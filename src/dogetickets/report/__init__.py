@@ -354,7 +354,7 @@ def write_report(
     from dogetickets.errors import DogeError
     from dogetickets.io import atomic_write_text
     from dogetickets.report import figures, tables
-    from dogetickets.report.collect import METHOD_ORDER, dataset_names, load_all, load_scores, metric_label
+    from dogetickets.report.collect import dataset_names, load_all, load_scores, metric_label
     from dogetickets.report.select import SELECTION_RULE, select_dev
     from dogetickets.report.stats import BOOTSTRAP_METHOD, bootstrap_table
 
@@ -395,9 +395,11 @@ def write_report(
         "test configuration instead: an upper bound that peeks at test, not a result."
     )
 
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    from dogetickets import methods as registry
+
     sel = select_dev(runs)
-    sel = sel.assign(_o=sel["method"].map(lambda m: order.get(m, len(order))))
+    order = {m: i for i, m in enumerate(registry.ordered(sel["method"]))}
+    sel = sel.assign(_o=sel["method"].map(order))
     sel = sel.sort_values(["dataset", "_o", "seed"], kind="mergesort").drop(columns="_o")
     chosen = pd.DataFrame(
         {
@@ -498,6 +500,10 @@ def write_report(
                 metric = str(runs.loc[runs["dataset"] == name, "metric"].iloc[0])
                 png = figures.plot_preview(pd.read_csv(d / "preview.csv"), out / f"{stem}.png", metric=metric)
             doc.image(png, f"preview {name}")
+
+    from dogetickets.report import diagnostics
+
+    diagnostics.section(doc, names, run_dirs, out)
 
     doc.h(2, "All runs")
     doc.p("Every finished run; scores and sparsities in %. 'dev_selected' marks the reported configurations.")

@@ -29,7 +29,6 @@ from dogetickets.errors import DogeError
 from dogetickets.io import is_done, read_json
 
 BASELINES = tuple(registry.baselines())
-METHOD_ORDER = (*registry.baselines(), *registry.ticket_methods())  # variants follow their base method
 METRIC_LABELS = {"accuracy": "Acc", "entity_f1": "F1"}
 
 ID_COLUMNS = [
