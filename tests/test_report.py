@@ -628,3 +628,14 @@ def test_reproduce_generated_and_given(run_dir: Path, tmp_path: Path) -> None:
     page = (out / "report.html").read_text()
     assert "<title>Doge tickets on Amazon</title>" in page and "<h1>Doge tickets on Amazon</h1>" in page
     assert "<pre><code>" + html.escape("\n".join(cmds)) + "</code></pre>" in page
+
+
+def test_report_to_a_markdown_file_keeps_assets_beside_it(run_dir: Path, tmp_path: Path) -> None:
+    """`--out docs/study.md`: the report is that file, its figures and CSVs in docs/study/, linked relatively."""
+    import re
+
+    md = write_report([run_dir], out=tmp_path / "docs" / "study.md", n_boot=20)
+    assert md == tmp_path / "docs" / "study.md" and (tmp_path / "docs" / "study.html").is_file()
+    assert (tmp_path / "docs" / "study" / "table2.csv").is_file()
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md.read_text())
+    assert links and all(link.startswith("study/") and (md.parent / link).is_file() for link in links)

@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import math
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class _Doc:
     """A report as a list of blocks, rendered both to markdown and to self-contained HTML."""
 
     blocks: list[tuple[str, Any]] = field(default_factory=list)
+    md_dir: Path | None = None  # where the markdown file goes (image links are relative to it)
 
     def h(self, level: int, text: str) -> None:
         self.blocks.append(("h", (level, text)))
@@ -48,6 +50,12 @@ class _Doc:
         """Lines shown verbatim (a fenced block in markdown, <pre> in HTML)."""
         self.blocks.append(("code", list(lines)))
 
+    def _link(self, path: Path) -> str:
+        """The image's path relative to the markdown file (just its name without one)."""
+        if self.md_dir is None:
+            return Path(path).name
+        return Path(os.path.relpath(Path(path).resolve(), Path(self.md_dir).resolve())).as_posix()
+
     def markdown(self) -> str:
         from dogetickets.report.tables import to_markdown
 
@@ -62,7 +70,7 @@ class _Doc:
             elif kind == "table":
                 out.append(to_markdown(x))
             elif kind == "img":
-                out.append(f"![{x[1]}]({x[0].name})\n")
+                out.append(f"![{x[1]}]({self._link(x[0])})\n")
             elif kind == "code":
                 text = "\n".join(x)
                 fence = "`" * max(3, 1 + max((len(r) for r in re.findall("`+", text)), default=0))
@@ -343,7 +351,9 @@ def write_report(
 ) -> Path:
     """Write report.md, report.html, CSVs and figures for the given run directories (one per dataset).
 
-    `out` defaults to the first run directory. `title` is the report's heading and HTML title. `commands`,
+    `out` defaults to the first run directory; an `out` ending in .md is the report file itself, its
+    figures and CSVs then go into the folder of the same stem (docs/study.md -> docs/study/). `title` is
+    the report's heading and HTML title. `commands`,
     when given, are shown verbatim as the commands that reproduce the report; otherwise they are generated
     (`doge run` of each directory's config.toml, or of the original config when timing.json records it, and
     this `doge report`). Returns the path of report.md. A DogeError (one line) when a directory is missing
@@ -363,11 +373,14 @@ def write_report(
         raise DogeError("no run directory given")
     out_arg = out
     out = Path(out) if out is not None else run_dirs[0]
+    md = out / "report.md"
+    if out.suffix == ".md":  # docs/study.md: the report there, its figures and CSVs in docs/study/
+        md, out = out, out.with_suffix("")
     out.mkdir(parents=True, exist_ok=True)
     runs = load_all(run_dirs)
     names = dataset_names(run_dirs)
 
-    doc = _Doc()
+    doc = _Doc(md_dir=md.parent)
     doc.h(1, title)
     inputs = []
     for name, d in zip(names, run_dirs, strict=True):
@@ -509,7 +522,6 @@ def write_report(
     doc.p("Every finished run; scores and sparsities in %. 'dev_selected' marks the reported configurations.")
     doc.table(tables.runs_display(runs))
 
-    md = out / "report.md"
     atomic_write_text(md, doc.markdown())
-    atomic_write_text(out / "report.html", doc.html(title))
+    atomic_write_text(md.with_suffix(".html"), doc.html(title))
     return md
