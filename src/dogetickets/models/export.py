@@ -1,13 +1,15 @@
 """Physically pruned models: a ticket's heads and FFN blocks removed, not just masked.
 
-`export_pruned` cuts a pruned head's rows out of Q, K and V (weights and biases) and its columns out of
-the attention output projection, so layers keep different head counts; a pruned FFN block loses both
-its linear layers, and the layer then computes what the masked model computes, LayerNorm(attention
-output), with no matmul. The per-layer structure goes into the config:
+`export_pruned` cuts a pruned head's rows out of Q, K and V (or of every third of a fused QKV; weights
+and biases, and of any per-head position projections) and its columns out of the attention output
+projection, so layers keep different head counts; a pruned FFN block loses both its linear layers (and
+a pre-norm only it reads), and the layer then computes what the masked model computes (post-norm:
+LayerNorm(attention output); pre-norm: the residual stream unchanged), with no matmul. The per-layer
+structure goes into the config:
 
 * ``doge_heads``: the kept head indices (of the original numbering) of every layer;
 * ``doge_ffn``: whether every layer keeps its FFN block;
-* ``doge_base_model_type``: the architecture it came from ("bert", "roberta", ...).
+* ``doge_base_model_type``: the architecture it came from ("bert", "deberta-v2", "modernbert", ...).
 
 The config's ``model_type`` becomes ``doge-<base>`` (e.g. ``doge-bert``), a type registered with
 `transformers`' Auto classes by `register_auto_classes` (after ``import dogetickets``, as soon as
@@ -31,7 +33,15 @@ import torch
 from torch import nn
 
 from dogetickets.errors import DogeError
-from dogetickets.models.units import STRUCTURES, Structure, get_module, layer_list, structure_for
+from dogetickets.models.units import (
+    STRUCTURES,
+    Structure,
+    get_module,
+    head_projections,
+    head_rows,
+    layer_list,
+    structure_for,
+)
 from dogetickets.tickets import Ticket
 
 # base model type -> transformers class names: config, base model, sequence / token classification
@@ -55,11 +65,29 @@ _ARCHS: dict[str, tuple[str, str, str, str]] = {
         "ElectraForSequenceClassification",
         "ElectraForTokenClassification",
     ),
+    "camembert": (
+        "CamembertConfig",
+        "CamembertModel",
+        "CamembertForSequenceClassification",
+        "CamembertForTokenClassification",
+    ),
     "distilbert": (
         "DistilBertConfig",
         "DistilBertModel",
         "DistilBertForSequenceClassification",
         "DistilBertForTokenClassification",
+    ),
+    "deberta-v2": (
+        "DebertaV2Config",
+        "DebertaV2Model",
+        "DebertaV2ForSequenceClassification",
+        "DebertaV2ForTokenClassification",
+    ),
+    "modernbert": (
+        "ModernBertConfig",
+        "ModernBertModel",
+        "ModernBertForSequenceClassification",
+        "ModernBertForTokenClassification",
     ),
 }
 _AUTO = ("AutoModel", "AutoModelForSequenceClassification", "AutoModelForTokenClassification")
@@ -88,7 +116,8 @@ class SkippedFFNOutput(nn.Module):
 
 
 class SkippedFFN(nn.Module):
-    """In place of a DistilBERT FFN block (its output is added to the residual): zeros, no parameters."""
+    """In place of an FFN block whose output is added to the residual (DistilBERT, ModernBERT): zeros, no
+    parameters."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the stock signature
         return torch.zeros_like(input)
@@ -122,13 +151,12 @@ def _sliced_linear(lin: nn.Linear, idx: torch.Tensor, dim: int, copy: bool) -> n
     return new
 
 
-def _prune_heads(layer: nn.Module, s: Structure, keep: list[int], head_dim: int, copy: bool) -> None:
+def _prune_heads(layer: nn.Module, s: Structure, keep: list[int], num_heads: int, head_dim: int, copy: bool) -> None:
+    for path, lin in head_projections(layer, s):  # Q, K, V (or each third of a fused QKV), position projections
+        _set(layer, path, _sliced_linear(lin, head_rows(lin, keep, num_heads, head_dim), 0, copy))
     idx = torch.tensor([h * head_dim + j for h in keep for j in range(head_dim)], dtype=torch.long)
-    for which in ("query", "key", "value"):
-        path = getattr(s, which)
-        _set(layer, path, _sliced_linear(get_module(layer, path), idx, 0, copy))
     _set(layer, s.attn_out, _sliced_linear(get_module(layer, s.attn_out), idx, 1, copy))
-    attn = get_module(layer, _parent(s.query))  # the module whose forward splits heads
+    attn = get_module(layer, s.attention)  # the module whose forward splits heads
     for attr in ("num_attention_heads", "n_heads", "num_heads"):
         if isinstance(getattr(attn, attr, None), int):
             setattr(attn, attr, len(keep))
@@ -138,6 +166,8 @@ def _prune_heads(layer: nn.Module, s: Structure, keep: list[int], head_dim: int,
 
 def _remove_ffn(layer: nn.Module, s: Structure) -> None:
     ffn_in, ffn_out = _parent(s.ffn_in), _parent(s.ffn_out)
+    if s.ffn_norm is not None:  # a pre-norm that only fed the block
+        _set(layer, s.ffn_norm, nn.Identity())
     if ffn_in == ffn_out:  # one module computes the block, its output added to the residual outside
         _set(layer, ffn_in, SkippedFFN())
         return
@@ -161,8 +191,8 @@ def _restructure(model: nn.Module, heads: list[list[int]], ffn: list[bool], copy
         )
     for layer, keep, keep_ffn in zip(layers, heads, ffn, strict=True):
         if list(keep) != list(range(num_heads)):
-            head_dim = get_module(layer, s.attn_out).out_features // num_heads
-            _prune_heads(layer, s, list(keep), head_dim, copy)
+            head_dim = get_module(layer, s.attn_out).in_features // num_heads
+            _prune_heads(layer, s, list(keep), num_heads, head_dim, copy)
         if not keep_ffn:
             _remove_ffn(layer, s)
 
