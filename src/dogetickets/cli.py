@@ -57,28 +57,67 @@ def _overrides(data_dir: str | None, out: str | None, model: str | None, sets: l
 
 
 def _pipeline(config: Path, data_dir: str | None, out: str | None, model: str | None,
-              sets: list[str] | None, quiet: bool):  # noqa: ANN202
+              sets: list[str] | None, quiet: bool, worker: bool = False):  # noqa: ANN202
     from dogetickets.config import load_config
     from dogetickets.pipeline import Pipeline
 
     cfg = load_config(config, _overrides(data_dir, out, model, sets))
-    return Pipeline(cfg, show_progress=not quiet)
+    return Pipeline(cfg, show_progress=not quiet, worker=worker)
 
 
 @app.command()
 def run(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, model: ModelOpt = None,
-        set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+        set_: SetOpt = None, quiet: QuietOpt = False,
+        workers: Annotated[int, typer.Option(
+            "--workers", min=0, help="Run the sweep's jobs on a local Ray instance with this many workers "
+            "(a GPU each where there are GPUs, else cores/N threads each); 0: one after another")] = 0,
+        address: Annotated[str | None, typer.Option(
+            "--address", help="Join a running Ray cluster ('auto', or ray://host:port) instead of starting "
+            "one; the run directory must be on a filesystem every node sees")] = None,
+        only: Annotated[str | None, typer.Option(
+            "--only", help="Do exactly one job, named by its path in the run directory (see `doge jobs`), "
+            "e.g. seed0/erm or seed0/rewind/doge-s10; its inputs must be finished")] = None) -> None:
     """The whole protocol: fine-tune, score, prune, rewind, evaluate; prints the results table."""
     from dogetickets.results import print_results
 
+    if only is not None:
+        if workers or address:
+            raise DogeError("--only runs one job here: it does not combine with --workers/--address")
+        path = _pipeline(config, data_dir, out, model, set_, quiet, worker=True).run_one(only)
+        typer.echo(f"done: {path}")
+        return
     pipe = _pipeline(config, data_dir, out, model, set_, quiet)
-    results = pipe.run()
+    if workers or address:
+        from dogetickets.distributed import run_ray
+
+        results = run_ray(pipe, max(workers, 1), address)
+    else:
+        results = pipe.run()
     if results:  # empty when every run failed
         print_results(results)
         typer.echo(f"results: {pipe.out / 'results.md'}")
     failure = pipe.failure()
     if failure is not None:
         raise failure
+
+
+@app.command()
+def jobs(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, model: ModelOpt = None,
+         set_: SetOpt = None) -> None:
+    """Print the sweep's pending jobs, one `doge run --only` command each, in dependency order (a job's
+    inputs come before it), for another scheduler (e.g. a SLURM array, each wave after the one before).
+    Prepares the run directory (config, labels) as `doge run` does."""
+    import shlex
+
+    pipe = _pipeline(config, data_dir, out, model, set_, quiet=True)
+    base = ["doge", "run", str(config)]
+    for flag, value in (("--data-dir", data_dir), ("--out", out), ("--model", model)):
+        if value:
+            base += [flag, value]
+    for item in set_ or []:
+        base += ["--set", item]
+    for job in pipe.pending():
+        typer.echo(shlex.join([*base, "--only", job.name, "-q"]))
 
 
 @app.command()

@@ -46,6 +46,7 @@ from dogetickets.models.units import Units
 from dogetickets.progress import console, sweep_progress
 from dogetickets.rundir import RunLayout, RunLock, changed_setting, recorded
 from dogetickets.scoring import UnitScores, expressive_scores
+from dogetickets.stages import Job, TicketSpec, plan, ticket_specs
 from dogetickets.tickets import Shape, Ticket, random_ticket, select, ticket_name
 from dogetickets.training.loop import get_accelerator, resolve_precision, train
 from dogetickets.training.objectives import make_objective
@@ -55,9 +56,8 @@ SAVE_SECONDS = [0.0]  # time spent saving models in this process (for the time r
 # Sections whose change makes earlier results incomparable; the rest (tickets, seeds) may grow.
 FIXED_SECTIONS = ("model", "data", "train", "irm")
 RUN_FILES = ("model/model.safetensors", "metrics.json", "predictions.jsonl")  # a finished training's files
+INIT_FILES = ("config.json", "model.safetensors")
 TIMING_KEYS = ("seconds", "train_examples_per_s")  # kept out of metrics.json, which is deterministic
-# method, target sparsity, lambda (methods that take one; None: chosen on dev when the ticket is chosen)
-TicketSpec = tuple[str, float, float | None]
 
 
 @dataclass
@@ -77,8 +77,14 @@ class Prepared:
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, show_progress: bool = True) -> None:
+    """The protocol on one run directory: each stage (see dogetickets.stages) computed once under its settings.
+
+    `worker=True`: a process that executes single jobs of a sweep whose driver holds the run directory
+    (`dogetickets.distributed`): it neither locks the directory nor writes its config."""
+
+    def __init__(self, cfg: Config, show_progress: bool = True, worker: bool = False) -> None:
         self.cfg = cfg
+        self.worker = worker
         self.layout = RunLayout(Path(cfg.run.out))
         self.out = self.layout.root
         acc = get_accelerator(cfg.train.mixed_precision)
@@ -108,7 +114,11 @@ class Pipeline:
 
     # ---- set-up ------------------------------------------------------------------------------
     def init_dir(self) -> None:
-        """Create (or reopen) the run directory: lock it, check it holds this run, write config and labels."""
+        """Create (or reopen) the run directory: lock it, check it holds this run, write config and labels.
+        A worker only checks that it sees the directory its driver prepared."""
+        if self.worker and not (self.layout.config.is_file() and self.layout.labels.is_file()):
+            raise DogeError(f"{self.out}: not a prepared run directory (no config.toml/labels.json): a worker "
+                            "needs the directory its driver prepared, on a filesystem every worker shares")
         self.data  # noqa: B018 - read and check the data before anything is written
         path = self.layout.config
         new = self.cfg.to_dict()
@@ -126,6 +136,8 @@ class Pipeline:
                 if why:
                     raise DogeError(f"{self.out}: holds a run whose {why} differs from this config; "
                                     "use another run.out (or delete the folder)")
+        if self.worker:
+            return
         if is_writer():
             self._lock.acquire()
         if not self.layout.labels.is_file():
@@ -254,29 +266,110 @@ class Pipeline:
         return model
 
     # ---- stages ------------------------------------------------------------------------------
+    # ---- the stages as declared (dogetickets.stages) -------------------------------------------------
+    def plan(self, seeds: list[int] | None = None) -> list[Job]:
+        """Every job the config declares, each after the ones it needs."""
+        return plan(self.cfg, seeds)
+
+    def folder(self, job: Job) -> Path:
+        """Where a job writes (a file for a ticket)."""
+        return self.layout.root / (job.name + (".json" if job.stage == "ticket" else ""))
+
+    def _settings(self, job: Job) -> dict[str, Any] | None:
+        """The settings a job's output is keyed by (a rewind's: None until its ticket is chosen)."""
+        if job.stage == "init":
+            return self._init_settings(job.seed)
+        if job.stage == "baseline":
+            return self._train_settings(job.seed, job.arg)
+        if job.stage == "scores":
+            return self._scores_settings(job.seed)
+        if job.stage == "ticket":
+            return self._ticket_settings(job.seed, job.arg)
+        try:
+            ticket = Ticket.load(self.folder(Job("ticket", job.seed, job.arg)))
+        except DogeError:
+            return None
+        return self._rewind_settings(job.seed, ticket)
+
+    def finished(self, job: Job) -> bool:
+        """Whether the job's output is there under exactly its settings (no side effect: nothing is redone)."""
+        settings, folder = self._settings(job), self.folder(job)
+        if settings is None:
+            return False
+        if job.stage == "ticket":
+            try:
+                return changed_setting(Ticket.load(folder).extra.get("settings") or {}, settings) is None
+            except DogeError:
+                return False
+        files = {"init": INIT_FILES, "scores": ("scores.json",), "baseline": RUN_FILES,
+                 "rewind": ("ticket.json", *self._run_files())}[job.stage]
+        if not self._finished(folder, settings, files, redo=False):
+            return False
+        if job.is_run:
+            return (read_json_or_none(folder / "metrics.json") or {}).get("eval") == self._eval_settings()
+        return True
+
+    def execute(self, job: Job) -> Path:
+        """Compute one job (its needs must be finished; they are checked, not computed, by a worker)."""
+        if self.worker:
+            missing = [n for n in job.needs if not self.finished(self._job(n))]
+            if missing:
+                raise DogeError(f"{job.name} needs {missing[0]}, which is not finished: run it first")
+        if job.stage == "init":
+            return self.rewind_point(job.seed)
+        if job.stage == "baseline":
+            return self.baseline(job.seed, job.arg)
+        if job.stage == "scores":
+            self.scores(job.seed)
+            return self.folder(job)
+        if job.stage == "ticket":
+            return self.ticket(job.seed, job.arg)
+        return self.rewind(job.seed, self.folder(Job("ticket", job.seed, job.arg)))
+
+    def _job(self, name: str) -> Job:
+        from dogetickets.stages import find
+
+        job = find(self.plan(), name)
+        if job is None:
+            examples = ", ".join(t.name for t in self.plan()[:4])
+            raise DogeError(f"{name!r}: no such job in this config (jobs are run-directory paths, e.g. {examples})")
+        return job
+
+    def _stage(self, folder: Path, settings: dict[str, Any], files: tuple[str, ...], build: Any,
+               evaluated: bool = False) -> Path:
+        """The bookkeeping every stage shares: all processes in step, reuse when finished under `settings`
+        (a run's test numbers on the current test domains too), else `build()` (which writes DONE last)."""
+        self._sync()
+        if self._finished(folder, settings, files) and (not evaluated or self._evaluated(folder, settings)):
+            return folder
+        build()
+        return folder
+
+    def _run_files(self) -> tuple[str, ...]:
+        return RUN_FILES if self.cfg.run.save_models else RUN_FILES[1:]
+
     def rewind_point(self, seed: int) -> Path:
         """Pretrained weights + the task head initialised from `seed`, saved before any training."""
-        self._sync()
-        folder = self.layout.init(seed)
-        settings = self._init_settings(seed)
-        if not self._finished(folder, settings, ("config.json", "model.safetensors")):
+        folder, settings = self.layout.init(seed), self._init_settings(seed)
+
+        def build() -> None:
             model = load_model(self.cfg.model.name, self.cfg.data.task, self.labels, seed)
             _save_model(model, self.data.tokenizer, folder)
             mark_done(folder, settings)
-        return folder
+
+        return self._stage(folder, settings, INIT_FILES, build)
 
     def baseline(self, seed: int, objective: str) -> Path:
         """Fine-tune from the rewind point with an objective (erm, irm), then evaluate."""
-        self._sync()
-        folder = self.layout.baseline(seed, objective)
-        settings = self._train_settings(seed, objective)
-        if self._finished(folder, settings, RUN_FILES) and self._evaluated(folder, settings):
-            return folder
-        model = self._load(self.rewind_point(seed))
-        info = {"name": objective, "method": objective, "objective": objective, "seed": seed,
-                "target_sparsity": 0.0, "sparsity": 0.0, "lambda": None}
-        self._train_and_evaluate(model, folder, info, seed, objective, None, True, settings)
-        return folder
+        folder, settings = self.layout.baseline(seed, objective), self._train_settings(seed, objective)
+
+        def build() -> None:
+            model = self._load(self.rewind_point(seed))
+            info = {"name": objective, "method": objective, "objective": objective, "seed": seed,
+                    "target_sparsity": 0.0, "sparsity": 0.0, "lambda": None}
+            self._train_and_evaluate(model, folder, info, seed, objective, None, True, settings)
+
+        return self._stage(folder, settings, RUN_FILES, build, evaluated=True)
 
     def scores(self, seed: int) -> UnitScores:
         """Per-domain expressive scores of the fine-tuned (ERM) model on the training domains."""
@@ -412,16 +505,19 @@ class Pipeline:
 
     def rewind(self, seed: int, ticket_path: Path) -> Path:
         """Reset to the rewind point, hold the ticket's pruned units at zero, train again, evaluate."""
-        self._sync()
         ticket = Ticket.load(ticket_path)
         folder = self.layout.rewind(seed, ticket_path.stem)
-        objective = self.cfg.train.objective
-        physical = self.cfg.train.physical
-        settings = {"ticket": ticket.extra.get("settings"), "trained": self._train_settings(seed, objective),
-                    "physical": physical}
-        files = RUN_FILES if self.cfg.run.save_models else RUN_FILES[1:]
-        if self._finished(folder, {**settings}, ("ticket.json", *files)) and self._evaluated(folder, settings):
-            return folder
+        settings = self._rewind_settings(seed, ticket)
+        return self._stage(folder, settings, ("ticket.json", *self._run_files()),
+                           lambda: self._train_ticket(seed, ticket, ticket_path, folder, settings), evaluated=True)
+
+    def _rewind_settings(self, seed: int, ticket: Ticket) -> dict[str, Any]:
+        return {"ticket": ticket.extra.get("settings"),
+                "trained": self._train_settings(seed, self.cfg.train.objective), "physical": self.cfg.train.physical}
+
+    def _train_ticket(self, seed: int, ticket: Ticket, ticket_path: Path, folder: Path,
+                      settings: dict[str, Any]) -> None:
+        objective, physical = self.cfg.train.objective, self.cfg.train.physical
         model = self._load(self.rewind_point(seed))
         clear_done(folder)
         ticket.save(folder / "ticket.json")
@@ -436,7 +532,6 @@ class Pipeline:
         if physical:
             export_pruned(model, ticket, where=str(ticket_path))
         self._train_and_evaluate(model, folder, info, seed, objective, masks, self.cfg.run.save_models, settings)
-        return folder
 
     def _evaluated(self, folder: Path, settings: dict[str, Any]) -> bool:
         """A finished run's test numbers are on the config's test domains; if not, its saved model is
@@ -526,17 +621,7 @@ class Pipeline:
         return out
 
     def _ticket_specs(self) -> list[TicketSpec]:
-        """Every ticket the config declares: method x sparsity, x lambda for a method that takes one when
-        each lambda is rewound (tickets.lambda_choice = "rewind")."""
-        t = self.cfg.tickets
-        specs: list[TicketSpec] = []
-        for s in t.sparsities:
-            for m in t.methods:
-                if registry.get(m).uses_lambda and t.lambda_choice == "rewind":
-                    specs += [(m, s, lam) for lam in t.lambdas]
-                else:
-                    specs.append((m, s, None))
-        return specs
+        return ticket_specs(self.cfg)
 
     def _runs(self) -> list[tuple[int, Path]]:
         """(seed, folder) of every run the config declares: baselines, then one rewind per ticket."""
@@ -598,37 +683,43 @@ class Pipeline:
         One fine-tuning and one scoring pass per seed serve every ticket of that seed. A training that
         fails (TrainingFailed) is reported in `self.failed` and the sweep goes on without it."""
         self.init_dir()
-        cfg = self.cfg
-        baselines = ["erm", *(b for b in cfg.run.baselines if b != "erm")]
-        specs = self._ticket_specs()
-        total = len(cfg.run.seeds) * (len(baselines) + len(specs))
+        jobs = self.plan()
+        total = sum(t.is_run for t in jobs)
+        broken: dict[str, str] = {}  # job name -> the failed run it comes from
         with sweep_progress(f"sweep ({total} runs)", total, self.show_progress) as advance:
-            for seed in cfg.run.seeds:
-                self.rewind_point(seed)
-                for b in baselines:
-                    self._attempt(f"seed{seed}/{b}", self.baseline, seed, b)
-                    advance(1, info=f"seed {seed} {b}")
-                for spec in specs:
-                    name = ticket_name(*spec)
-                    if registry.get(spec[0]).uses_scores and f"seed{seed}/erm" in self.failed:
-                        self.failed[f"seed{seed}/{name}"] = f"its scores need seed{seed}/erm, which failed"
-                    else:
-                        self._attempt(f"seed{seed}/{name}", self.rewind_ticket, seed, spec)
-                    advance(1, info=f"seed {seed} {name}")
+            for job in jobs:
+                cause = next((broken[n] for n in job.needs if n in broken), None)
+                if cause is not None:
+                    broken[job.name] = cause
+                    if job.is_run:
+                        self.failed[job.run_name] = f"it needs {cause}, which failed"
+                else:
+                    try:
+                        self.execute(job)
+                    except TrainingFailed as exc:
+                        broken[job.name] = job.run_name
+                        self.failed[job.run_name] = str(exc)
+                        self._warn(f"{job.run_name} failed: {exc}")
+                if job.is_run:
+                    advance(1, info=job.run_name)
         results = self.results() if len(self.failed) < total else {}
         self.report_time()
         return results
 
+    def run_one(self, name: str) -> Path:
+        """Exactly one job (`doge run --only`), in a directory `doge jobs` (or a run) prepared; its needs
+        must be finished. Does not lock the directory, so several may run at once (e.g. a SLURM array)."""
+        self.init_dir()
+        return self.execute(self._job(name))
+
+    def pending(self) -> list[Job]:
+        """The declared jobs not finished under their current settings, in dependency order."""
+        self.init_dir()
+        return [job for job in self.plan() if not self.finished(job)]
+
     def rewind_ticket(self, seed: int, spec: TicketSpec) -> Path:
         """The ticket of `spec` (chosen if need be), rewound and trained."""
         return self.rewind(seed, self.ticket(seed, spec))
-
-    def _attempt(self, name: str, stage: Any, *args: Any) -> None:
-        try:
-            stage(*args)
-        except TrainingFailed as exc:
-            self.failed[name] = str(exc)
-            self._warn(f"{name} failed: {exc}")
 
     def failure(self) -> DogeError | None:
         """One error naming every failed run of the last `run()`, or None."""

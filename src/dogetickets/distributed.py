@@ -1,0 +1,125 @@
+"""A sweep over many devices and machines: the declared jobs (dogetickets.stages) as a Ray task graph.
+
+`doge run CONFIG --workers N` starts a local Ray instance; `--address auto` (or ray://host:port) joins
+a running cluster. The driver prepares and locks the run directory exactly as the sequential `doge run`
+does, then submits one Ray task per job, each job's inputs passed as the ObjectRefs of the jobs it needs,
+so Ray starts it when they are done. A task builds a worker `Pipeline` (no lock, no config written) and
+calls the same `Pipeline.execute` as the sequential sweep: same files, written atomically, DONE last;
+finished jobs are skipped, so a killed sweep resumes. Each task asks Ray for one GPU where the cluster has
+GPUs, else for one of the N CPU slots and then uses cores / N threads. The run directory must be on a
+filesystem every worker sees; a worker that does not see it fails its job with a one-line error.
+
+A job that fails (any error) is reported by its run name with a one-line reason; the jobs that need it
+are skipped, the others go on, and the driver raises one DogeError naming every failed run (a rerun
+retries only those). Ray is an optional dependency (`pip install "dogetickets[ray]"`; the README's
+set-up command installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from dogetickets.errors import DogeError
+
+if TYPE_CHECKING:
+    from dogetickets.pipeline import Pipeline
+    from dogetickets.stages import Job
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:500]
+
+
+def execute_job(cfg_dict: dict[str, Any], job: Job, threads: int, *needs: dict[str, Any]) -> dict[str, Any]:
+    """Run one job in a worker process; never raises: returns {"name", "run", "ok", "error", "seconds"}.
+
+    `needs` are the results of the jobs it needs (Ray passes them once they are done)."""
+    status: dict[str, Any] = {"name": job.name, "run": job.run_name, "is_run": job.is_run, "ok": False,
+                              "error": "", "cause": None, "seconds": 0.0}
+    failed = next((n for n in needs if not n["ok"]), None)
+    if failed is not None:
+        cause = failed["cause"] or failed["run"]
+        status.update(cause=cause, error=f"it needs {cause}, which failed")
+        return status
+    t0 = time.perf_counter()
+    try:
+        import torch
+
+        from dogetickets.config import config_from_dict
+        from dogetickets.pipeline import Pipeline
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        pipe = Pipeline(config_from_dict(cfg_dict), show_progress=False, worker=True)
+        pipe.init_dir()
+        pipe.execute(job)
+        status["ok"] = True
+    except BaseException as exc:  # noqa: BLE001 - a job's failure is data for the driver
+        status["error"] = _one_line(exc)
+    status["seconds"] = time.perf_counter() - t0
+    return status
+
+
+def _resources(workers: int) -> tuple[dict[str, float], int]:
+    """Ray options of one job and torch's thread count in it: a GPU each where the cluster has GPUs, else
+    one of `workers` CPU slots with cores / workers threads."""
+    import ray
+
+    if ray.cluster_resources().get("GPU", 0) >= 1:
+        return {"num_gpus": 1, "num_cpus": 1}, 0
+    cores = os.cpu_count() or 1
+    return {"num_cpus": 1}, max(1, cores // max(workers, 1))
+
+
+def run_ray(pipe: Pipeline, workers: int, address: str | None = None) -> dict[str, Any]:
+    """The whole sweep of `pipe`'s config on Ray; the table as `Pipeline.run` returns it. Failed runs are in
+    `pipe.failed` (`pipe.failure()` names them), as with the sequential sweep."""
+    try:
+        import ray
+    except ImportError:
+        raise DogeError('--workers/--address need Ray: pip install "dogetickets[ray]"') from None
+    from dogetickets.progress import sweep_progress
+
+    if workers < 1:
+        raise DogeError(f"--workers {workers}: needs at least 1")
+    pipe.init_dir()  # the driver holds the run directory: lock, config, labels
+    cfg_dict = pipe.cfg.to_dict()
+    if pipe.cfg.data.source == "released":
+        cfg_dict["data"]["dir"] = str(pipe.cfg.data_dir().resolve())  # workers may not share the environment
+    cfg_dict["run"]["out"] = str(pipe.out.resolve())
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=workers, **kwargs)
+    try:
+        options, threads = _resources(workers)
+        remote = ray.remote(execute_job).options(max_retries=0, **options)
+        jobs = pipe.plan()
+        refs: dict[str, Any] = {}
+        for job in jobs:
+            refs[job.name] = remote.remote(cfg_dict, job, threads, *(refs[n] for n in job.needs))
+        total = sum(j.is_run for j in jobs)
+        pending = list(refs.values())
+        with sweep_progress(f"sweep on Ray ({total} runs, {workers} workers)", total, pipe.show_progress) as advance:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                status = ray.get(ready[0])
+                if not status["ok"] and (status["is_run"] or status["cause"] is None):
+                    pipe.failed.setdefault(status["run"], status["error"])  # a ticket's own error comes first
+                    if status["cause"] is None:
+                        pipe._warn(f"{status['run']} failed: {status['error']}")
+                if status["is_run"]:
+                    advance(1, info=status["run"])
+    finally:
+        if started_here:
+            ray.shutdown()
+    runs = sum(j.is_run for j in pipe.plan())
+    results = pipe.results() if len(pipe.failed) < runs else {}
+    pipe.report_time()
+    return results

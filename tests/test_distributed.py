@@ -1,0 +1,138 @@
+"""The sweep as declared jobs: one declaration drives the sequential sweep, `doge jobs` + `doge run --only`
+(another scheduler) and the Ray sweep (`--workers`), with the same files, resumable after a kill, and
+results identical to the sequential ones on CPU. A tiny real subsample: seconds per training."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import tiny_run_toml
+
+from dogetickets.config import load_config
+from dogetickets.distributed import execute_job
+from dogetickets.pipeline import Pipeline
+from dogetickets.stages import Job, find, plan
+
+DOGE = [sys.executable, "-m", "dogetickets.cli"]
+RUNS = ("seed0/erm", "seed0/rewind/random-s20", "seed0/rewind/doge-s20-l100")
+
+
+def _doge(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*DOGE, *args], capture_output=True, text=True, timeout=900, **kw)
+
+
+def _metrics(out: Path) -> dict[str, dict]:
+    return {r: json.loads((out / r / "metrics.json").read_text()) for r in RUNS}
+
+
+def _done_marks(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("DONE")}
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory, data_dir) -> tuple[Path, Path]:
+    """The tiny config and its sequential run (the reference)."""
+    root = tmp_path_factory.mktemp("seq")
+    cfg = root / "tiny.toml"
+    cfg.write_text(tiny_run_toml(root / "run", data_dir, methods='["random", "doge"]'))
+    pipe = Pipeline(load_config(cfg), show_progress=False)
+    try:
+        pipe.run()
+    finally:
+        pipe._lock.release()
+    return cfg, root / "run"
+
+
+@pytest.fixture
+def stop_ray():
+    yield
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_plan_declares_every_job_after_its_needs(sequential):
+    cfg, _ = sequential
+    jobs = plan(load_config(cfg, {"run.seeds": [0, 1], "run.baselines": ["erm", "irm"]}))
+    names = [j.name for j in jobs]
+    assert names[:4] == ["seed0/init", "seed0/erm", "seed0/irm", "seed0/scores"]
+    assert "seed1/rewind/doge-s20-l100" in names and len(names) == len(set(names))
+    for i, job in enumerate(jobs):
+        assert all(names.index(n) < i for n in job.needs), job
+    assert find(jobs, "seed0/tickets/random-s20/").needs == ("seed0/init",)  # random needs no scores
+    assert find(jobs, "seed1/rewind/doge-s20-l100").needs == ("seed1/tickets/doge-s20-l100", "seed1/init")
+    assert sum(j.is_run for j in jobs) == 2 * (2 + 2)
+
+
+def test_jobs_prints_one_command_per_pending_job_that_reproduces_the_sweep(sequential, tmp_path):
+    cfg, seq = sequential
+    out = tmp_path / "run"
+    res = _doge("jobs", str(cfg), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    commands = res.stdout.strip().splitlines()
+    assert [shlex.split(c)[-2] for c in commands] == [j.name for j in plan(load_config(cfg))]
+    bad = _doge("run", str(cfg), "--out", str(out), "--only", "seed0/rewind/doge-s20-l100", "-q")
+    assert bad.returncode == 2 and "needs seed0/tickets/doge-s20-l100, which is not finished" in bad.stderr
+    for command in commands:
+        args = shlex.split(command)
+        assert args[:2] == ["doge", "run"]
+        r = _doge(*args[1:])
+        assert r.returncode == 0, (command, r.stderr)
+    assert _doge("jobs", str(cfg), "--out", str(out)).stdout == ""
+    assert _metrics(out) == _metrics(seq)
+
+
+def test_worker_that_cannot_see_the_run_directory_fails_in_one_line(sequential, tmp_path):
+    cfg, _ = sequential
+    cfg_dict = load_config(cfg, {"run.out": str(tmp_path / "elsewhere")}).to_dict()
+    status = execute_job(cfg_dict, Job("init", 0), 1)
+    assert not status["ok"] and "not a prepared run directory" in status["error"] and "\n" not in status["error"]
+    blocked = execute_job(cfg_dict, Job("baseline", 0, "erm", ("seed0/init",)), 1, status)
+    assert blocked["error"] == "it needs seed0/init, which failed" and blocked["cause"] == "seed0/init"
+
+
+def test_ray_sweep_names_a_failed_run_goes_on_and_a_rerun_retries_only_it(sequential, tmp_path, stop_ray):
+    cfg, seq = sequential
+    out = tmp_path / "run"
+    blocker = out / "seed0/rewind/random-s20"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")  # this run cannot write its folder
+    res = _doge("run", str(cfg), "--out", str(out), "--workers", "2", "-q")
+    assert res.returncode == 2, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert "1 run(s) failed: seed0/random-s20" in last and "Traceback" not in res.stderr
+    assert (out / "seed0/rewind/doge-s20-l100/DONE").is_file()
+    before = _done_marks(out)
+    blocker.unlink()
+    res = _doge("run", str(cfg), "--out", str(out), "--workers", "2", "-q")
+    assert res.returncode == 0, res.stderr
+    after = _done_marks(out)
+    assert all(after[k] == v for k, v in before.items())  # nothing finished was recomputed
+    assert _metrics(out) == _metrics(seq)  # CPU: identical to the sequential sweep
+
+
+def test_ray_sweep_killed_half_way_resumes_to_the_sequential_results(sequential, tmp_path, stop_ray):
+    cfg, seq = sequential
+    out = tmp_path / "run"
+    proc = subprocess.Popen([*DOGE, "run", str(cfg), "--out", str(out), "--workers", "2", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while not (out / "seed0/erm/DONE").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)  # the driver only: Ray's own processes see it die
+    proc.wait(timeout=60)
+    assert (out / "seed0/erm/DONE").is_file()
+    erm_done = (out / "seed0/erm/DONE").stat().st_mtime_ns
+    time.sleep(3)  # the orphaned workers of the dead driver are stopped by Ray
+    res = _doge("run", str(cfg), "--out", str(out), "--workers", "2", "-q")
+    assert res.returncode == 0, res.stderr
+    assert (out / "seed0/erm/DONE").stat().st_mtime_ns == erm_done
+    assert _metrics(out) == _metrics(seq)
+    assert json.loads((out / "results.json").read_text())["rows"] == json.loads(
+        (seq / "results.json").read_text())["rows"]
