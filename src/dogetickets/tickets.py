@@ -19,6 +19,14 @@ In both split allocations the FFN count is the nearest (halves up) to its share 
 rounded to the nearest head, fill the rest of the target (at most H-1 per layer); if none can, the
 count that lands closest. So every allocation lands within one head of the target. Heads are then
 ranked among heads only and FFN blocks among FFN blocks only, lowest score first, ties by position.
+
+Granularity ``neuron``: the FFN units are single intermediate neurons (a neuron owns its rows of the FFN
+input projection, both halves of a GLU, and its column of the output projection; the output bias and a
+pre-norm stay with the block). The FFN scores are then (layers, intermediate) and every allocation above
+works with neurons in place of blocks (``proportional``: round(target x all neurons) neurons; ``balanced``:
+half the pruned parameters from neurons); heads stay heads. A layer whose neurons would all be pruned loses
+its whole block instead (it is listed in ``pruned_ffn``, with the block's parameters). The ticket lists the
+pruned neurons per layer (``pruned_neurons``); block-level tickets are written exactly as before.
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ from dogetickets import methods as registry
 from dogetickets.errors import DogeError
 from dogetickets.io import atomic_write_text
 from dogetickets.methods import ALLOCATIONS
+from dogetickets.models.units import GRANULARITIES
+
+_NEURON_FIELDS = ("pruned_neurons", "granularity", "intermediate_size")  # not written in block-level tickets
 
 
 @dataclass(frozen=True)
@@ -47,11 +58,14 @@ class Shape:
     head_params: int
     ffn_params: int
     encoder_params: int
+    neuron_params: int = 0  # what one FFN neuron owns (granularity "neuron")
+    intermediate_size: int = 0  # FFN neurons per layer
 
     @classmethod
     def of(cls, units: Any) -> Shape:
         return cls(
-            units.num_layers, units.num_heads, units.head_params(), units.ffn_params(), units.encoder_params()
+            units.num_layers, units.num_heads, units.head_params(), units.ffn_params(), units.encoder_params(),
+            units.neuron_params(), units.intermediate_size,
         )
 
     @classmethod
@@ -63,7 +77,7 @@ class Shape:
         ffn = 2 * hidden * intermediate + intermediate + hidden
         attn = 4 * hidden * hidden + 4 * hidden + 2 * hidden  # QKVO + biases + LayerNorm
         layer = attn + ffn + 2 * hidden  # + output LayerNorm
-        return cls(layers, heads, head, ffn, layers * layer)
+        return cls(layers, heads, head, ffn, layers * layer, 2 * hidden + 1, intermediate)
 
 
 @dataclass
@@ -81,22 +95,41 @@ class Ticket:
     encoder_params: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     allocation: str = "global"  # how the target was split between heads and FFN blocks (ALLOCATIONS)
+    # granularity "neuron": layer index (as a string) -> pruned FFN neuron indices, of `intermediate_size`
+    pruned_neurons: dict[str, list[int]] = field(default_factory=dict)
+    granularity: str = "block"  # GRANULARITIES
+    intermediate_size: int = 0  # FFN neurons per layer (neuron tickets; 0 in block-level ones)
 
     @property
     def name(self) -> str:
         return ticket_name(self.method, self.target_sparsity, self.lam)
 
-    def masks(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(layers, heads) and (layers,) 0/1 float masks: 1 keeps the unit."""
+    def masks(self) -> tuple[torch.Tensor, ...]:
+        """0/1 float masks, 1 keeps the unit: (layers, heads) and (layers,) FFN blocks; a neuron-level ticket
+        adds (layers, intermediate) FFN neurons. In the order `Units.gated` and `Units.weight_masks` take them:
+        ``units.gated(*ticket.masks())``."""
         head = torch.ones(self.num_layers, self.num_heads)
         for layer, heads in self.pruned_heads.items():
             head[int(layer), heads] = 0.0
         ffn = torch.ones(self.num_layers)
         ffn[self.pruned_ffn] = 0.0
-        return head, ffn
+        if self.granularity != "neuron":
+            return head, ffn
+        neurons = torch.ones(self.num_layers, self.intermediate_size)
+        for layer, idx in self.pruned_neurons.items():
+            neurons[int(layer), idx] = 0.0
+        return head, ffn, neurons
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ticket as written to JSON (a block-level ticket without the neuron fields, as before them)."""
+        raw = asdict(self)
+        if self.granularity == "block" and not self.pruned_neurons:
+            for key in _NEURON_FIELDS:
+                raw.pop(key)
+        return raw
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(Path(path), json.dumps(asdict(self), indent=2) + "\n")
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Ticket:
@@ -124,6 +157,24 @@ class Ticket:
         for li in self.pruned_ffn:
             if not 0 <= li < self.num_layers:
                 raise DogeError(f"{where}: FFN block {li} does not exist (the model has {self.num_layers})")
+        if self.granularity not in GRANULARITIES:
+            raise DogeError(f"{where}: unknown granularity {self.granularity!r} (one of {', '.join(GRANULARITIES)})")
+        if self.pruned_neurons and self.granularity != "neuron":
+            raise DogeError(f"{where}: prunes FFN neurons but its granularity is {self.granularity!r}, not 'neuron'")
+        n = self.intermediate_size
+        if self.granularity == "neuron" and n <= 0:
+            raise DogeError(f"{where}: a neuron-level ticket needs intermediate_size (FFN neurons per layer)")
+        for layer, idx in self.pruned_neurons.items():
+            li = int(layer)
+            if not 0 <= li < self.num_layers:
+                raise DogeError(f"{where}: layer {li} does not exist (the model has {self.num_layers})")
+            if li in self.pruned_ffn:
+                raise DogeError(f"{where}: prunes neurons of layer {li}, whose whole FFN block is pruned")
+            for j in idx:
+                if not 0 <= j < n:
+                    raise DogeError(f"{where}: FFN neuron {j} of layer {li} does not exist ({n} per layer)")
+            if len(set(idx)) >= n:
+                raise DogeError(f"{where}: layer {li} has every FFN neuron pruned (list it in pruned_ffn instead)")
 
 
 def ticket_name(method: str, sparsity: float, lam: float | None = None) -> str:
@@ -145,18 +196,27 @@ def select(
     seed: int | None = None,
     *,
     allocation: str = "global",
+    granularity: str = "block",
 ) -> Ticket:
-    """Prune the lowest-scored units for `target`, split between heads and FFN blocks by `allocation`."""
+    """Prune the lowest-scored units for `target`, split between heads and FFN blocks by `allocation`.
+
+    With granularity "neuron", `ffn_scores` are (layers, intermediate) FFN neuron scores and the FFN units
+    are neurons (see the module docstring)."""
     L, H = shape.num_layers, shape.num_heads
     if allocation not in ALLOCATIONS:
         raise DogeError(f"unknown allocation {allocation!r} (one of {', '.join(ALLOCATIONS)})")
+    if granularity not in GRANULARITIES:
+        raise DogeError(f"unknown granularity {granularity!r} (one of {', '.join(GRANULARITIES)})")
     head_scores = np.asarray(head_scores, dtype=np.float64)
     ffn_scores = np.asarray(ffn_scores, dtype=np.float64)
-    if head_scores.shape != (L, H) or ffn_scores.shape != (L,):
+    ffn_shape = (L,) if granularity == "block" else (L, shape.intermediate_size)
+    if head_scores.shape != (L, H) or ffn_scores.shape != ffn_shape:
         raise DogeError(
-            f"scores have shapes {head_scores.shape} and {ffn_scores.shape}, the model ({L}, {H}) and ({L},)"
+            f"scores have shapes {head_scores.shape} and {ffn_scores.shape}, the model ({L}, {H}) and {ffn_shape}"
         )
     goal = target * shape.encoder_params
+    if granularity == "neuron":
+        return _select_neurons(head_scores, ffn_scores, shape, target, goal, method, lam, seed, allocation)
     if allocation == "global":
         pruned_heads, pruned_ffn = _select_global(head_scores, ffn_scores, shape, goal)
     else:
@@ -181,18 +241,21 @@ def select(
     )
 
 
-def split_target(shape: Shape, goal: float, ffn_share: float) -> tuple[int, int]:
-    """(heads, FFN blocks) for `goal` pruned parameters: the FFN count nearest `ffn_share`, heads fill the rest."""
+def split_target(shape: Shape, goal: float, ffn_share: float, *, neurons: bool = False) -> tuple[int, int]:
+    """(heads, FFN blocks) for `goal` pruned parameters: the FFN count nearest `ffn_share`, heads fill the rest.
+    With `neurons`, (heads, FFN neurons)."""
     max_heads = shape.num_layers * (shape.num_heads - 1)
+    unit = shape.neuron_params if neurons else shape.ffn_params
+    max_units = shape.num_layers * shape.intermediate_size if neurons else shape.num_layers
 
     def heads_for(n_ffn: int) -> int:
-        rest = (goal - n_ffn * shape.ffn_params) / shape.head_params
+        rest = (goal - n_ffn * unit) / shape.head_params
         return min(max(math.floor(rest + 0.5), 0), max_heads)
 
     def miss(n_ffn: int) -> float:
-        return abs(heads_for(n_ffn) * shape.head_params + n_ffn * shape.ffn_params - goal)
+        return abs(heads_for(n_ffn) * shape.head_params + n_ffn * unit - goal)
 
-    counts = range(shape.num_layers + 1)
+    counts = range(max_units + 1)
     filled = [n for n in counts if miss(n) <= shape.head_params / 2]
     if filled:  # nearest the share, halves up
         n_ffn = min(filled, key=lambda n: (abs(n - ffn_share), -n))
@@ -262,12 +325,91 @@ def _select_global(
     return pruned_heads, pruned_ffn
 
 
-def random_ticket(shape: Shape, target: float, seed: int, *, allocation: str = "global") -> Ticket:
+def _select_neurons(
+    head_scores: np.ndarray,
+    neuron_scores: np.ndarray,
+    shape: Shape,
+    target: float,
+    goal: float,
+    method: str,
+    lam: float | None,
+    seed: int | None,
+    allocation: str,
+) -> Ticket:
+    """`select` with FFN neurons as the FFN units."""
+    L, H, inter = shape.num_layers, shape.num_heads, shape.intermediate_size
+    if shape.neuron_params <= 0 or inter <= 0:
+        raise DogeError("the model's shape has no FFN neuron sizes (make it with Shape.of(Units(model)))")
+    by_score = sorted((neuron_scores[li, j], li, j) for li in range(L) for j in range(inter))
+    if allocation == "global":
+        pruned_heads, neurons = _select_global_neurons(head_scores, by_score, shape, goal)
+    else:
+        share = target * L * inter if allocation == "proportional" else goal / (2 * shape.neuron_params)
+        n_heads, n_neurons = split_target(shape, goal, share, neurons=True)
+        pruned_heads = _lowest_heads(head_scores, n_heads)
+        neurons = [(li, j) for _, li, j in by_score[:n_neurons]]
+    per_layer: dict[int, list[int]] = {}
+    for li, j in neurons:
+        per_layer.setdefault(li, []).append(j)
+    pruned_ffn = sorted(li for li, js in per_layer.items() if len(js) == inter)  # all gone: the whole block
+    pruned_neurons = {li: sorted(js) for li, js in sorted(per_layer.items()) if li not in pruned_ffn}
+    pruned = (sum(map(len, pruned_heads.values())) * shape.head_params + len(pruned_ffn) * shape.ffn_params
+              + sum(map(len, pruned_neurons.values())) * shape.neuron_params)
+    return Ticket(
+        method=method,
+        target_sparsity=float(target),
+        sparsity=pruned / shape.encoder_params,
+        pruned_heads={str(li): sorted(hs) for li, hs in sorted(pruned_heads.items())},
+        pruned_ffn=pruned_ffn,
+        num_layers=L,
+        num_heads=H,
+        lam=lam,
+        seed=seed,
+        pruned_params=pruned,
+        encoder_params=shape.encoder_params,
+        allocation=allocation,
+        pruned_neurons={str(li): js for li, js in pruned_neurons.items()},
+        granularity="neuron",
+        intermediate_size=inter,
+    )
+
+
+def _select_global_neurons(
+    head_scores: np.ndarray, neurons_by_score: list[tuple[float, int, int]], shape: Shape, goal: float
+) -> tuple[dict[int, list[int]], list[tuple[int, int]]]:
+    """Heads and FFN neurons on one list, lowest score first (heads before neurons on ties), skipping units
+    that overshoot `goal` and a layer's last head."""
+    L, H = shape.num_layers, shape.num_heads
+    units = [(head_scores[li, h], 0, li, h) for li in range(L) for h in range(H)]
+    units += [(score, 1, li, j) for score, li, j in neurons_by_score]
+    units.sort()
+    pruned = 0
+    heads_left = [H] * L
+    pruned_heads: dict[int, list[int]] = {}
+    neurons: list[tuple[int, int]] = []
+    for _, kind, li, k in units:
+        size = shape.head_params if kind == 0 else shape.neuron_params
+        if pruned + size > goal:
+            continue
+        if kind == 0:
+            if heads_left[li] == 1:
+                continue
+            heads_left[li] -= 1
+            pruned_heads.setdefault(li, []).append(k)
+        else:
+            neurons.append((li, k))
+        pruned += size
+    return pruned_heads, neurons
+
+
+def random_ticket(
+    shape: Shape, target: float, seed: int, *, allocation: str = "global", granularity: str = "block"
+) -> Ticket:
     """Random units at the same sparsity: selection on seeded uniform scores."""
     rng = np.random.default_rng(seed)
     heads = rng.random((shape.num_layers, shape.num_heads))
-    ffn = rng.random(shape.num_layers)
-    return select(heads, ffn, shape, target, "random", seed=seed, allocation=allocation)
+    ffn = rng.random(shape.num_layers if granularity == "block" else (shape.num_layers, shape.intermediate_size))
+    return select(heads, ffn, shape, target, "random", seed=seed, allocation=allocation, granularity=granularity)
 
 
 def no_ticket(shape: Shape) -> Ticket:

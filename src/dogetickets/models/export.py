@@ -9,6 +9,9 @@ structure goes into the config:
 
 * ``doge_heads``: the kept head indices (of the original numbering) of every layer;
 * ``doge_ffn``: whether every layer keeps its FFN block;
+* ``doge_intermediate_sizes`` (neuron-level tickets only): every layer's kept FFN neurons (0 where the
+  block is gone); a pruned neuron loses its rows of the FFN input projection (both halves of a GLU) and
+  its column of the output projection, so layers have different intermediate sizes;
 * ``doge_base_model_type``: the architecture it came from ("bert", "deberta-v2", "modernbert", ...).
 
 The config's ``model_type`` becomes ``doge-<base>`` (e.g. ``doge-bert``), a type registered with
@@ -40,6 +43,7 @@ from dogetickets.models.units import (
     head_projections,
     head_rows,
     layer_list,
+    neuron_rows,
     structure_for,
 )
 from dogetickets.tickets import Ticket
@@ -179,22 +183,34 @@ def _remove_ffn(layer: nn.Module, s: Structure) -> None:
     _set(layer, ffn_out, SkippedFFNOutput(norm))
 
 
-def _restructure(model: nn.Module, heads: list[list[int]], ffn: list[bool], copy: bool) -> None:
-    """Shrink `model` in place to the kept `heads` per layer and kept `ffn` blocks."""
+def _prune_neurons(layer: nn.Module, s: Structure, keep: list[int], copy: bool) -> None:
+    ffn_in, ffn_out = get_module(layer, s.ffn_in), get_module(layer, s.ffn_out)
+    rows = neuron_rows(ffn_in, keep, ffn_out.in_features)  # in every half of a GLU projection
+    _set(layer, s.ffn_in, _sliced_linear(ffn_in, rows, 0, copy))
+    _set(layer, s.ffn_out, _sliced_linear(ffn_out, torch.tensor(keep, dtype=torch.long), 1, copy))
+
+
+def _restructure(
+    model: nn.Module, heads: list[list[int]], ffn: list[bool], copy: bool, neurons: list[list[int]] | None = None
+) -> None:
+    """Shrink `model` in place to the kept `heads` per layer, kept `ffn` blocks and kept FFN `neurons` per
+    layer (None: all)."""
     config = model.config
     s = structure_for(_base_type(config))
     num_heads = int(getattr(config, s.heads_attr))
     layers = layer_list(model, s)
-    if len(heads) != len(layers) or len(ffn) != len(layers):
+    if len(heads) != len(layers) or len(ffn) != len(layers) or (neurons is not None and len(neurons) != len(layers)):
         raise DogeError(
             f"pruned structure has {len(heads)} head lists and {len(ffn)} FFN flags for {len(layers)} layers"
         )
-    for layer, keep, keep_ffn in zip(layers, heads, ffn, strict=True):
+    for i, (layer, keep, keep_ffn) in enumerate(zip(layers, heads, ffn, strict=True)):
         if list(keep) != list(range(num_heads)):
             head_dim = get_module(layer, s.attn_out).in_features // num_heads
             _prune_heads(layer, s, list(keep), num_heads, head_dim, copy)
         if not keep_ffn:
             _remove_ffn(layer, s)
+        elif neurons is not None and len(neurons[i]) != get_module(layer, s.ffn_out).in_features:
+            _prune_neurons(layer, s, list(neurons[i]), copy)
 
 
 def encoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -230,7 +246,9 @@ def _classes() -> None:
             def __init__(self: Any, config: Any, *args: Any, _stock: type = stock, **kwargs: Any) -> None:
                 _stock.__init__(self, config, *args, **kwargs)
                 if is_pruned(config):
-                    _restructure(self, config.doge_heads, config.doge_ffn, copy=False)
+                    sizes = getattr(config, "doge_intermediate_sizes", None)
+                    neurons = None if sizes is None else [list(range(n)) for n in sizes]
+                    _restructure(self, config.doge_heads, config.doge_ffn, copy=False, neurons=neurons)
 
             cls = type(
                 f"Doge{name}",
@@ -259,8 +277,11 @@ def register_auto_classes() -> None:
 
 
 # ---- public API ---------------------------------------------------------------------------------------
-def check_ticket(ticket: Ticket, num_layers: int, num_heads: int, where: str = "ticket") -> None:
-    """A one-line DogeError if `ticket` names a layer or head a model of this shape does not have."""
+def check_ticket(
+    ticket: Ticket, num_layers: int, num_heads: int, where: str = "ticket", intermediate_size: int | None = None
+) -> None:
+    """A one-line DogeError if `ticket` names a layer, head or FFN neuron a model of this shape does not have
+    (neurons are checked against `intermediate_size` when given)."""
     for layer, heads in ticket.pruned_heads.items():
         try:
             li = int(layer)
@@ -283,6 +304,13 @@ def check_ticket(ticket: Ticket, num_layers: int, num_heads: int, where: str = "
             f"{where}: made for {ticket.num_layers} layers x {ticket.num_heads} heads, "
             f"the model has {num_layers} x {num_heads}"
         )
+    if ticket.granularity == "block" and not ticket.pruned_neurons:
+        return
+    ticket.validate(where)  # FFN neurons: indices, whole blocks, granularity
+    if intermediate_size is not None and ticket.intermediate_size != intermediate_size:
+        raise DogeError(
+            f"{where}: made for {ticket.intermediate_size} FFN neurons per layer, the model has {intermediate_size}"
+        )
 
 
 def kept_units(ticket: Ticket, num_layers: int, num_heads: int) -> tuple[list[list[int]], list[bool]]:
@@ -290,6 +318,16 @@ def kept_units(ticket: Ticket, num_layers: int, num_heads: int) -> tuple[list[li
     pruned = {int(k): set(v) for k, v in ticket.pruned_heads.items()}
     heads = [[h for h in range(num_heads) if h not in pruned.get(i, set())] for i in range(num_layers)]
     return heads, [i not in set(ticket.pruned_ffn) for i in range(num_layers)]
+
+
+def kept_neurons(ticket: Ticket, num_layers: int, intermediate_size: int) -> list[list[int]] | None:
+    """The kept FFN neuron indices of every layer ([] where the block is pruned); None for a block-level ticket."""
+    if ticket.granularity != "neuron":
+        return None
+    pruned = {int(k): set(v) for k, v in ticket.pruned_neurons.items()}
+    gone = set(ticket.pruned_ffn)
+    return [[] if i in gone else [j for j in range(intermediate_size) if j not in pruned.get(i, set())]
+            for i in range(num_layers)]
 
 
 def export_pruned(model: nn.Module, ticket: Ticket, where: str = "ticket") -> nn.Module:
@@ -311,11 +349,13 @@ def export_pruned(model: nn.Module, ticket: Ticket, where: str = "ticket") -> nn
         raise DogeError(f"cannot export a {cls_name}: only the base encoder and sequence/token classification models")
     s = structure_for(base)
     num_heads = int(getattr(config, s.heads_attr))
-    num_layers = len(layer_list(model, s))
-    check_ticket(ticket, num_layers, num_heads, where)
+    layers = layer_list(model, s)
+    inter = get_module(layers[0], s.ffn_out).in_features
+    check_ticket(ticket, len(layers), num_heads, where, inter)
 
-    heads, ffn = kept_units(ticket, num_layers, num_heads)
-    _restructure(model, heads, ffn, copy=True)
+    heads, ffn = kept_units(ticket, len(layers), num_heads)
+    neurons = kept_neurons(ticket, len(layers), inter)
+    _restructure(model, heads, ffn, copy=True, neurons=neurons)
 
     # a config of its own (the caller's may be shared with other models), of class doge-<base>
     old, config = config, copy.deepcopy(config)
@@ -326,9 +366,13 @@ def export_pruned(model: nn.Module, ticket: Ticket, where: str = "ticket") -> nn
     config.doge_base_model_type = base
     config.doge_heads = heads
     config.doge_ffn = ffn
+    if neurons is not None:
+        config.doge_intermediate_sizes = [len(kept) for kept in neurons]
     config.doge_ticket = {
         k: v for k, v in asdict(ticket).items() if k in ("method", "target_sparsity", "sparsity", "lam", "seed")
     } | {"pruned_params": ticket.pruned_params, "encoder_params": ticket.encoder_params}
+    if neurons is not None:
+        config.doge_ticket["granularity"] = "neuron"
     model.__class__ = _BY_STOCK_NAME[cls_name]
     return model
 
@@ -415,8 +459,12 @@ def export_run(src: str | Path, out: str | Path, model_dir: str | Path | None = 
     ticket = Ticket.load(ticket_path)
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     if "doge_heads" in config:  # a rewind trained physically pruned: already the exported model, copied
-        if [config["doge_heads"], config["doge_ffn"]] != list(kept_units(ticket, ticket.num_layers, ticket.num_heads)):
-            raise DogeError(f"{model_dir}: a pruned model whose heads and FFN blocks are not those of {ticket_path}")
+        neurons = kept_neurons(ticket, ticket.num_layers, ticket.intermediate_size)
+        sizes = None if neurons is None else [len(kept) for kept in neurons]
+        if [config["doge_heads"], config["doge_ffn"], config.get("doge_intermediate_sizes")] != [
+            *kept_units(ticket, ticket.num_layers, ticket.num_heads), sizes
+        ]:
+            raise DogeError(f"{model_dir}: a pruned model whose heads and FFN units are not those of {ticket_path}")
 
         def write(tmp: Path) -> None:
             shutil.copytree(model_dir, tmp, dirs_exist_ok=True)

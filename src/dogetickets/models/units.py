@@ -165,6 +165,7 @@ def _rows_params(lin: nn.Linear, rows: int) -> int:
 
 
 Gates = tuple[torch.Tensor | None, ...]
+GRANULARITIES = ("block", "neuron")  # FFN units: whole blocks, or single intermediate neurons
 
 
 class Units:

@@ -132,7 +132,7 @@ def train(
     objective: Objective,
     seed: int,
     pad_id: int,
-    ticket_masks: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ticket_masks: tuple[torch.Tensor, ...] | None = None,
     log_path: Path | None = None,
     show_progress: bool = True,
     description: str = "train",
@@ -152,10 +152,10 @@ def train(
     weight_masks: dict[str, torch.Tensor] = {}
     if ticket_masks is not None:
         units = Units(model)
-        head_mask, ffn_mask = (m.to(acc.device) for m in ticket_masks)
+        masks = tuple(m.to(acc.device) for m in ticket_masks)  # Ticket.masks(): heads, blocks[, neurons]
         model.to(acc.device)
-        handles = units.install_gates(lambda: (head_mask, ffn_mask))
-        weight_masks = units.weight_masks(head_mask, ffn_mask)
+        handles = units.install_gates(lambda: masks)
+        weight_masks = units.weight_masks(*masks)
         apply_masks(model, weight_masks)
 
     per_epoch = math.ceil(objective.steps_per_epoch(train_data, cfg.batch_size) / acc.num_processes)
