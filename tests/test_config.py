@@ -183,7 +183,8 @@ def test_defaults_and_plain_dict() -> None:
         "tickets": {
             "methods": ["random", "winning", "doge"], "sparsities": [0.1, 0.3], "lambdas": [100.0],
             "normalize_heads": True, "normalize_ffn": True, "allocation": "global", "lambda_choice": "rewind",
-            "variance": "paper", "max_score_per_domain": 0, "score_batch_size": 16,
+            "variance": "paper", "granularity": "block",
+            "max_score_per_domain": 0, "score_batch_size": 16,
         },
     }
     json.dumps(d)  # plain values only

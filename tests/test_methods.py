@@ -162,3 +162,28 @@ def test_variants_and_lambda_chosen_on_dev(tmp_path, data_dir):
         assert Path(tmp_path / "run/seed0/rewind/doge-s30/DONE").is_file()
     finally:
         pipe._lock.release()
+
+
+def test_a_neuron_granularity_sweep_prunes_neurons_and_exports(tmp_path, data_dir):
+    """tickets.granularity = "neuron": scores per FFN neuron, tickets that prune neurons, physically smaller
+    rewinds whose layers have their own intermediate sizes; block-level settings keep their old form."""
+    from dogetickets.models.export import load_pruned
+
+    cfg_path = tmp_path / "tiny.toml"
+    cfg_path.write_text(tiny_run_toml(tmp_path / "run", data_dir, methods='["winning", "doge"]', sparsities="[0.3]"))
+    pipe = Pipeline(load_config(cfg_path, {"tickets.granularity": "neuron", "tickets.allocation": "balanced"}),
+                    show_progress=False)
+    try:
+        assert "granularity" not in Pipeline(load_config(cfg_path), show_progress=False)._scores_settings(0)
+        results = pipe.run()
+        assert pipe.scores(0).has_neurons
+        ticket = Ticket.load(tmp_path / "run/seed0/tickets/doge-s30-l100.json")
+        assert ticket.granularity == "neuron" and sum(map(len, ticket.pruned_neurons.values())) > 0
+        model = load_pruned(tmp_path / "run/seed0/rewind/doge-s30-l100/model")
+        for i, layer in enumerate(model.bert.encoder.layer):
+            if i not in ticket.pruned_ffn:
+                kept = ticket.intermediate_size - len(ticket.pruned_neurons.get(str(i), []))
+                assert layer.intermediate.dense.out_features == kept
+        assert {r["method"] for r in results["rows"]} == {"erm", "winning", "doge"}
+    finally:
+        pipe._lock.release()

@@ -173,6 +173,8 @@ class TicketConfig(_Section):
     # doge's between-domain variance: "paper" (observed) or "corrected" (minus the sampling noise of the
     # domain means, floored at 0; method "doge-nc" always uses it) (dogetickets.scoring)
     variance: Literal["paper", "corrected"] = "paper"
+    # what an FFN unit is: the whole block (the paper) or each intermediate neuron (own gate, own score)
+    granularity: Literal["block", "neuron"] = "block"
     max_score_per_domain: Count = 0  # examples per domain for scoring; 0 = all training examples
     # small length-sorted batches score fastest on CPU (benchmarks/bench_core.py)
     score_batch_size: int = Field(16, gt=0)

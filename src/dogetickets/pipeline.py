@@ -214,8 +214,11 @@ class Pipeline:
 
     def _scores_settings(self, seed: int) -> dict[str, Any]:
         t = self.cfg.tickets
-        return {"finetuned": self._train_settings(seed, "erm"), "normalize_heads": t.normalize_heads,
-                "normalize_ffn": t.normalize_ffn, "max_score_per_domain": t.max_score_per_domain}
+        out = {"finetuned": self._train_settings(seed, "erm"), "normalize_heads": t.normalize_heads,
+               "normalize_ffn": t.normalize_ffn, "max_score_per_domain": t.max_score_per_domain}
+        if t.granularity != "block":  # (block-level settings as before the key existed: their runs stay valid)
+            out["granularity"] = t.granularity
+        return out
 
     def _ticket_settings(self, seed: int, spec: TicketSpec) -> dict[str, Any]:
         method, sparsity, lam = spec
@@ -223,6 +226,8 @@ class Pipeline:
         source = self._scores_settings(seed) if m.uses_scores else self._init_settings(seed)
         out = {"method": method, "target_sparsity": sparsity, "lambda": lam, "seed": seed,
                "allocation": m.allocation_for(self.cfg.tickets.allocation), "from": source}
+        if self.cfg.tickets.granularity != "block":
+            out["granularity"] = self.cfg.tickets.granularity
         if m.uses_lambda and m.variance_for(self.cfg.tickets.variance) != "paper":
             out["variance"] = m.variance_for(self.cfg.tickets.variance)
         if m.uses_lambda and lam is None:  # chosen on dev among these, by the masked fine-tuned model
@@ -381,11 +386,12 @@ class Pipeline:
         if self._finished(folder, settings, ("scores.json",)):
             try:
                 scores = UnitScores.from_json(read_json(self.layout.scores(seed)))
-                if scores.has_sampling_var or not self._needs_sampling_var():
+                if ((scores.has_sampling_var or not self._needs_sampling_var())
+                        and (scores.has_neurons or self.cfg.tickets.granularity == "block")):
                     self._scores[seed] = scores
                     return scores
-                self._warn(f"{self.layout.scores(seed)}: no sampling variances (needed by the corrected variance); "
-                           "scoring again")
+                self._warn(f"{self.layout.scores(seed)}: lacks the sampling variances or neuron scores this "
+                           "config needs; scoring again")
             except (KeyError, TypeError, ValueError):
                 self._warn(f"{self.layout.scores(seed)}: damaged; scoring again")
         erm = self.layout.baseline(seed, "erm")
@@ -415,6 +421,7 @@ class Pipeline:
         raw = expressive_scores(
             model, Units(model), self.data.task, data, self.cfg.tickets.score_batch_size,
             self.data.pad_id, self.device, self.show_progress, autocast=self._autocast(),
+            granularity=self.cfg.tickets.granularity,
         )
         t = self.cfg.tickets
         return UnitScores.from_domain_scores(raw, t.normalize_heads, t.normalize_ffn)
@@ -451,18 +458,19 @@ class Pipeline:
         method, sparsity, lam = spec
         m = registry.get(method)
         shape, allocation = self.shape(seed), m.allocation_for(self.cfg.tickets.allocation)
+        g = self.cfg.tickets.granularity
         if m.ranking == "random":
-            return random_ticket(shape, sparsity, seed, allocation=allocation)
+            return random_ticket(shape, sparsity, seed, allocation=allocation, granularity=g)
         if m.uses_lambda and lam is None:
             return self._lambda_by_preview(seed, spec)
         scores = self.scores(seed)
         if m.ranking == "pooled":
-            head, ffn = scores.winning()
+            head, ffn = scores.winning(g)
         elif m.ranking == "worst":
-            head, ffn = scores.worst()
+            head, ffn = scores.worst(g)
         else:
-            head, ffn = scores.doge(lam or 0.0, m.variance_for(self.cfg.tickets.variance))
-        return select(head, ffn, shape, sparsity, method, lam=lam, seed=seed, allocation=allocation)
+            head, ffn = scores.doge(lam or 0.0, m.variance_for(self.cfg.tickets.variance), granularity=g)
+        return select(head, ffn, shape, sparsity, method, lam=lam, seed=seed, allocation=allocation, granularity=g)
 
     def _lambda_by_preview(self, seed: int, spec: TicketSpec) -> Ticket:
         method, sparsity, _ = spec
@@ -497,11 +505,6 @@ class Pipeline:
                             self.device, autocast=self._autocast())
             out.append(metrics(self.data.task, data, preds))
         return out
-
-    def tickets(self, seed: int) -> list[Path]:
-        """One ticket per method x sparsity (x lambda for doge)."""
-        self._sync()
-        return [self.ticket(seed, spec) for spec in self._ticket_specs()]
 
     def rewind(self, seed: int, ticket_path: Path) -> Path:
         """Reset to the rewind point, hold the ticket's pruned units at zero, train again, evaluate."""
@@ -601,7 +604,7 @@ class Pipeline:
         model.to(self.device)
         out: dict[str, Any] = {"run": info, "metric": d.task.metric, "eval": self._eval_settings()}
         rows: list[dict[str, Any]] = []
-        gates = (Units(model).gated(masks[0].to(self.device), masks[1].to(self.device)) if masks is not None
+        gates = (Units(model).gated(*(m.to(self.device) for m in masks)) if masks is not None
                  else contextlib.nullcontext())
         with gates:
             for split, data in (("dev", d.dev), ("test", d.test)):
@@ -625,41 +628,32 @@ class Pipeline:
 
     def _runs(self) -> list[tuple[int, Path]]:
         """(seed, folder) of every run the config declares: baselines, then one rewind per ticket."""
-        baselines = ["erm", *(b for b in self.cfg.run.baselines if b != "erm")]
-        runs = []
-        for seed in self.cfg.run.seeds:
-            runs += [(seed, self.layout.baseline(seed, b)) for b in baselines]
-            runs += [(seed, self.layout.rewind(seed, ticket_name(*spec))) for spec in self._ticket_specs()]
-        return runs
+        return [(job.seed, self.folder(job)) for job in self.plan() if job.is_run]
 
     # ---- commands ----------------------------------------------------------------------------
-    def finetune(self) -> None:
+    def _execute_stages(self, *stages: str) -> list[Path]:
+        """Every declared job of these stages, in order (what `doge finetune`, `score`, `prune` and
+        `rewind` do; `doge run` does them all)."""
         self.init_dir()
-        for seed in self.cfg.run.seeds:
-            self.rewind_point(seed)
-            self.baseline(seed, "erm")
-            for b in self.cfg.run.baselines:
-                if b != "erm":
-                    self.baseline(seed, b)
+        return [self.execute(job) for job in self.plan() if job.stage in stages]
+
+    def finetune(self) -> None:
+        self._execute_stages("init", "baseline")
 
     def score(self) -> None:
-        self.init_dir()
-        for seed in self.cfg.run.seeds:
-            self.scores(seed)
+        self._execute_stages("scores")
 
     def prune(self) -> list[Path]:
-        self.init_dir()
-        return [p for seed in self.cfg.run.seeds for p in self.tickets(seed)]
+        return self._execute_stages("ticket")
 
     def rewind_all(self) -> None:
         self.init_dir()
-        for seed in self.cfg.run.seeds:
-            wanted = [self.layout.ticket(seed, ticket_name(*spec)) for spec in self._ticket_specs()]
-            missing = [p for p in wanted if not p.is_file()]
-            if missing:
-                raise DogeError(f"{missing[0]}: ticket not found (run `doge prune` first)")
-            for path in wanted:
-                self.rewind(seed, path)
+        jobs = [job for job in self.plan() if job.stage == "rewind"]
+        missing = [self.folder(Job("ticket", j.seed, j.arg)) for j in jobs
+                   if not self.folder(Job("ticket", j.seed, j.arg)).is_file()]
+        if missing:
+            raise DogeError(f"{missing[0]}: ticket not found (run `doge prune` first)")
+        self._execute_stages("rewind")
 
     def evaluate_all(self) -> None:
         """Re-evaluate every finished run of the config on its current dev and test data."""
@@ -716,10 +710,6 @@ class Pipeline:
         """The declared jobs not finished under their current settings, in dependency order."""
         self.init_dir()
         return [job for job in self.plan() if not self.finished(job)]
-
-    def rewind_ticket(self, seed: int, spec: TicketSpec) -> Path:
-        """The ticket of `spec` (chosen if need be), rewound and trained."""
-        return self.rewind(seed, self.ticket(seed, spec))
 
     def failure(self) -> DogeError | None:
         """One error naming every failed run of the last `run()`, or None."""
