@@ -157,6 +157,13 @@ def test_variants_and_lambda_chosen_on_dev(tmp_path, data_dir):
                 assert choice["dev_score"][f"{lam:g}"] == pytest.approx(dev[lam])
             best = max(dev.values())
             assert t.lam == min(lam for lam, v in dev.items() if v == best) == choice["chosen"]
+        from dogetickets.report.diagnostics import lambda_choice
+
+        table = lambda_choice(tmp_path / "run")
+        assert list(table["method"]) == ["doge", "doge-nc-proportional"]
+        assert list(table["chosen"]) == [tickets["doge-s30"].lam, tickets["doge-nc-proportional-s30"].lam]
+        recorded = tickets["doge-s30"].extra["lambda_choice"]["dev_score"]
+        assert table.loc[0, "dev λ=100"] == pytest.approx(recorded["100"])
         rows = {r["method"]: r for r in results["rows"]}
         assert rows["doge"]["row"].startswith("doge 30% (dev-chosen λ:") and rows["doge"]["lambda"] is None
         assert Path(tmp_path / "run/seed0/rewind/doge-s30/DONE").is_file()

@@ -360,6 +360,29 @@ def preview_gap(run_dir: Path | str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PREVIEW_COLUMNS)
 
 
+def lambda_choice(run_dir: Path | str) -> pd.DataFrame:
+    """The dev scores behind every lambda chosen on dev (tickets.lambda_choice = "preview"): per seed, method
+    and target sparsity, the in-domain dev score of the fine-tuned model with each candidate lambda's
+    ticket removed (no retraining), and the lambda chosen. Empty when no ticket chose its lambda on dev."""
+    rows: list[dict[str, Any]] = []
+    for seed_dir in sorted(Path(run_dir).glob("seed*")):
+        if not seed_dir.name[4:].isdigit():
+            continue
+        for t in _load_tickets(seed_dir / "tickets"):
+            choice = t.extra.get("lambda_choice") if isinstance(t.extra, dict) else None
+            if not isinstance(choice, dict) or not isinstance(choice.get("dev_score"), dict):
+                continue
+            row: dict[str, Any] = {"seed": int(seed_dir.name[4:]), "method": t.method,
+                                   "target_sparsity": float(t.target_sparsity), "chosen": _lam(choice.get("chosen"))}
+            row.update({f"dev λ={k}": float(v) for k, v in choice["dev_score"].items()})
+            rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=["seed", "method", "target_sparsity", "chosen"])
+    df = pd.DataFrame(rows)
+    df = df.assign(_k=df["method"].map(methods.order_key)).sort_values(["seed", "_k", "target_sparsity"])
+    return df.drop(columns="_k").reset_index(drop=True)
+
+
 # ----------------------------------------------------------------------------------------- the figure
 
 
@@ -670,6 +693,23 @@ def _dataset(doc: _Doc, name: str, run_dir: Path, out: Path) -> None:
                 "units of that expected noise divided by the observed variance."
             )
         doc.table(_variance_display(variance))
+
+    choice = lambda_choice(run_dir)
+    if not choice.empty:
+        _write_csv(out / f"{stem}-lambda_choice.csv", choice)
+        doc.h(4, "Lambda chosen on dev (the preview values)")
+        doc.p(
+            "For each ticket whose lambda was chosen on in-domain dev: the dev score of the fine-tuned model "
+            "with each candidate lambda's ticket removed, no retraining (%), mean over seeds, and the lambdas "
+            f"chosen ({stem}-lambda_choice.csv)."
+        )
+        dev_cols = [c for c in choice.columns if str(c).startswith("dev λ=")]
+        shown = choice.groupby(["method", "target_sparsity"], sort=False).agg(
+            {**{c: "mean" for c in dev_cols}, "chosen": lambda x: " ".join(f"{v:g}" for v in x)}).reset_index()
+        shown["target_sparsity"] = shown["target_sparsity"].map(lambda x: f"{100 * x:g}%")
+        for c in dev_cols:
+            shown[c] = shown[c].map(lambda x: _f(100 * x, 1))
+        doc.table(shown.rename(columns={"chosen": "chosen (per seed)"}))
 
     png = plot_diagnostics(run_dir, out / f"{stem}.png")
     if png is not None:
