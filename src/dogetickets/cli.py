@@ -136,9 +136,21 @@ def score(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, mo
 
 @app.command()
 def prune(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, model: ModelOpt = None,
-          set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Tickets (random, winning, doge) at every sparsity of the config (tickets/*.json)."""
-    for path in _pipeline(config, data_dir, out, model, set_, quiet).prune():
+          set_: SetOpt = None, quiet: QuietOpt = False,
+          finetuned: Annotated[Path | None, typer.Option(
+              "--finetuned", help="A model you fine-tuned yourself (a save_pretrained folder with its tokenizer): "
+              "scored on the config's training data and pruned as is, instead of the run's own ERM model; "
+              "then `doge export <ticket> --model-dir <that folder> --out <dir>`")] = None) -> None:
+    """Tickets of every configured method at every sparsity (seed<k>/tickets/*.json)."""
+    if finetuned is not None:
+        if not (finetuned / "config.json").is_file():
+            raise DogeError(f"--finetuned {finetuned}: not a model folder (no config.json)")
+        model = str(finetuned)  # its architecture and tokenizer
+    from dogetickets.config import load_config
+    from dogetickets.pipeline import Pipeline
+
+    cfg = load_config(config, _overrides(data_dir, out, model, set_))
+    for path in Pipeline(cfg, show_progress=not quiet, finetuned=finetuned).prune():
         typer.echo(str(path))
 
 

@@ -82,9 +82,12 @@ class Pipeline:
     `worker=True`: a process that executes single jobs of a sweep whose driver holds the run directory
     (`dogetickets.distributed`): it neither locks the directory nor writes its config."""
 
-    def __init__(self, cfg: Config, show_progress: bool = True, worker: bool = False) -> None:
+    def __init__(self, cfg: Config, show_progress: bool = True, worker: bool = False,
+                 finetuned: Path | None = None) -> None:
         self.cfg = cfg
         self.worker = worker
+        # a model fine-tuned elsewhere (`doge prune --finetuned`): scored and pruned in place of seed<k>/erm
+        self.finetuned = Path(finetuned) if finetuned is not None else None
         self.layout = RunLayout(Path(cfg.run.out))
         self.out = self.layout.root
         acc = get_accelerator(cfg.train.mixed_precision)
@@ -214,7 +217,8 @@ class Pipeline:
 
     def _scores_settings(self, seed: int) -> dict[str, Any]:
         t = self.cfg.tickets
-        out = {"finetuned": self._train_settings(seed, "erm"), "normalize_heads": t.normalize_heads,
+        source = self._external_settings() if self.finetuned else self._train_settings(seed, "erm")
+        out = {"finetuned": source, "normalize_heads": t.normalize_heads,
                "normalize_ffn": t.normalize_ffn, "max_score_per_domain": t.max_score_per_domain}
         if t.granularity != "block":  # (block-level settings as before the key existed: their runs stay valid)
             out["granularity"] = t.granularity
@@ -394,11 +398,12 @@ class Pipeline:
                            "config needs; scoring again")
             except (KeyError, TypeError, ValueError):
                 self._warn(f"{self.layout.scores(seed)}: damaged; scoring again")
-        erm = self.layout.baseline(seed, "erm")
-        if not self._finished(erm, self._train_settings(seed, "erm"), RUN_FILES, redo=False):
-            raise DogeError(f"{erm}: no fine-tuned model yet (run `doge finetune` first)")
+        if self.finetuned is None:
+            erm = self.layout.baseline(seed, "erm")
+            if not self._finished(erm, self._train_settings(seed, "erm"), RUN_FILES, redo=False):
+                raise DogeError(f"{erm}: no fine-tuned model yet (run `doge finetune` first)")
         clear_done(folder)
-        scores = self._score_model(self._load(erm / "model"), seed)
+        scores = self._score_model(self._load(self._finetuned_folder(seed)), seed)
         write_json(self.layout.scores(seed), scores.to_json(self.cfg.tickets.lambdas))
         mark_done(folder, settings)
         self._scores[seed] = scores
@@ -490,8 +495,28 @@ class Pipeline:
     def _finetuned(self, seed: int) -> torch.nn.Module:
         """This seed's fine-tuned ERM model on the device (loaded once)."""
         if self._erm_model is None or self._erm_model[0] != seed:
-            self._erm_model = (seed, self._load(self.baseline(seed, "erm") / "model").to(self.device))
+            folder = self.finetuned or self.baseline(seed, "erm") / "model"
+            self._erm_model = (seed, self._load(folder).to(self.device))
         return self._erm_model[1]
+
+    def _finetuned_folder(self, seed: int) -> Path:
+        return self.finetuned or self.layout.baseline(seed, "erm") / "model"
+
+    def _external_settings(self) -> dict[str, Any]:
+        """What identifies a model fine-tuned elsewhere: its folder and the sha256 of its weights."""
+        import hashlib
+
+        assert self.finetuned is not None
+        weights = sorted(self.finetuned.glob("*.safetensors")) or sorted(self.finetuned.glob("*.bin"))
+        if not weights:
+            raise DogeError(f"{self.finetuned}: no model weights (*.safetensors or *.bin) there")
+        digest = hashlib.sha256()
+        for w in weights:
+            with open(w, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+        return {"external": str(self.finetuned.resolve()), "sha256": digest.hexdigest(),
+                "data": _comparable(self.cfg.to_dict()["data"]), "max_length": self.cfg.model.max_length}
 
     def masked_scores(self, model: torch.nn.Module, ticket: Ticket,
                       splits: tuple[str, ...] = ("dev", "test")) -> list[dict[str, Any]]:
