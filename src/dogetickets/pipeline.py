@@ -495,8 +495,9 @@ class Pipeline:
     def _finetuned(self, seed: int) -> torch.nn.Module:
         """This seed's fine-tuned ERM model on the device (loaded once)."""
         if self._erm_model is None or self._erm_model[0] != seed:
-            folder = self.finetuned or self.baseline(seed, "erm") / "model"
-            self._erm_model = (seed, self._load(folder).to(self.device))
+            if self.finetuned is None and not self.worker:  # (a worker's job needs are finished already)
+                self.baseline(seed, "erm")
+            self._erm_model = (seed, self._load(self._finetuned_folder(seed)).to(self.device))
         return self._erm_model[1]
 
     def _finetuned_folder(self, seed: int) -> Path:
