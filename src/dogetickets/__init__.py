@@ -11,8 +11,19 @@ from dogetickets.errors import DogeError
 if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
 
+    from dogetickets.api import prune, score_domains, select_ticket
+
 __version__ = "0.1.0"
-__all__ = ["DogeError", "__version__", "load_pruned"]
+__all__ = ["DogeError", "__version__", "load_pruned", "prune", "score_domains", "select_ticket"]
+_API = ("prune", "score_domains", "select_ticket")  # dogetickets.api, imported on first use (torch is heavy)
+
+
+def __getattr__(name: str) -> object:
+    if name in _API:
+        from dogetickets import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_pruned(path, device=None):  # noqa: ANN001, ANN201 - thin re-export, typed in models.export

@@ -443,11 +443,13 @@ def _check_out(out: Path) -> None:
 def export_run(src: str | Path, out: str | Path, model_dir: str | Path | None = None) -> Path:
     """Export a rewind run (folder with model/ and ticket.json, or its ticket file) to `out`.
 
-    Writes the pruned model (safetensors), its tokenizer when the source has one, and the ticket.
+    Writes the pruned model (safetensors), its tokenizer when the source has one, the ticket, and a model
+    card (README.md: `dogetickets.models.card`).
     `out` must be new, empty, or a previous export (which is replaced); it is written whole or not at all.
     """
     from transformers import AutoTokenizer
 
+    from dogetickets.models.card import run_info, write_card
     from dogetickets.models.resolve import quiet_transformers
 
     quiet_transformers()
@@ -489,6 +491,7 @@ def export_run(src: str | Path, out: str | Path, model_dir: str | Path | None = 
         tmp.mkdir()
         write(tmp)
         shutil.copyfile(ticket_path, tmp / "ticket.json")
+        write_card(tmp, ticket, run_info(ticket_path, model_dir))
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
