@@ -114,7 +114,7 @@ def main() -> None:
 
     # 2. the doge ticket of the fine-tuned model: per-domain expressive scores on the training data
     scores = dogetickets.score_domains(model, tokenizer, train, task="text")
-    ticket = dogetickets.select_ticket(scores, sparsity=args.sparsity, method="doge", lam=100)
+    ticket = dogetickets.select_ticket(scores, sparsity=args.sparsity, method="doge", lam=100, allocation="balanced")
     print(f"ticket {ticket.name}: {ticket.sparsity:.2%} of the encoder layers' parameters; pruned heads per "
           f"layer {[len(ticket.pruned_heads.get(str(i), [])) for i in range(ticket.num_layers)]}, "
           f"FFN blocks {ticket.pruned_ffn}", flush=True)

@@ -14,6 +14,7 @@ from conftest import tiny_config
 from transformers import AutoModelForSequenceClassification, BertForTokenClassification, BertTokenizerFast
 
 import dogetickets
+from dogetickets.config import TicketConfig
 from dogetickets.data.sources import Example
 from dogetickets.data.tasks import make_task
 from dogetickets.errors import DogeError
@@ -31,6 +32,8 @@ def tokenizer(tmp_path: Path) -> BertTokenizerFast:
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     return BertTokenizerFast(vocab_file=str(vocab))
+
+DEFAULT = TicketConfig.model_fields["allocation"].default  # a run's default allocation
 
 
 def rows(domain: int, n: int = 7, seed: int = 0) -> list[dict]:
@@ -161,22 +164,22 @@ def test_pair_and_tagging_tasks(tokenizer):
 def test_select_ticket_equals_tickets_select(tiny_cls, tokenizer):
     scores = dogetickets.score_domains(tiny_cls, tokenizer, domains(), max_length=16)
     shape = Shape.of(Units(tiny_cls))
-    got = dogetickets.select_ticket(scores, sparsity=0.3, method="doge", lam=100)
-    assert got == select(*scores.doge(100.0), shape, 0.3, "doge", lam=100, seed=0, allocation="balanced")
+    got = dogetickets.select_ticket(scores, sparsity=0.3, method="doge", lam=100)  # a run's default allocation
+    assert got == select(*scores.doge(100.0), shape, 0.3, "doge", lam=100, seed=0, allocation=DEFAULT)
     assert got.sparsity > 0 and got.pruned_params > 0
     cases = [
         (dict(method="winning", allocation="global"), select(*scores.winning(), shape, 0.3, "winning", seed=0)),
-        (dict(method="doge-worst"), select(*scores.worst(), shape, 0.3, "doge-worst", seed=0, allocation="balanced")),
+        (dict(method="doge-worst"), select(*scores.worst(), shape, 0.3, "doge-worst", seed=0, allocation=DEFAULT)),
         (dict(method="doge-nc-proportional", lam=10.0),
          select(*scores.doge(10.0, "corrected"), shape, 0.3, "doge-nc-proportional", lam=10.0, seed=0,
                 allocation="proportional")),
         (dict(method="doge", variance="corrected", model=tiny_cls),
-         select(*scores.doge(100.0, "corrected"), shape, 0.3, "doge", lam=100.0, seed=0, allocation="balanced")),
-        (dict(method="random", seed=3), random_ticket(shape, 0.3, 3, allocation="balanced")),
+         select(*scores.doge(100.0, "corrected"), shape, 0.3, "doge", lam=100.0, seed=0, allocation=DEFAULT)),
+        (dict(method="random", seed=3, allocation="balanced"), random_ticket(shape, 0.3, 3, allocation="balanced")),
     ]
     for kwargs, want in cases:
         assert dogetickets.select_ticket(scores, **{"sparsity": 0.3, **kwargs}) == want, kwargs
-    assert dogetickets.select_ticket(None, 0.3, "random", model=shape, seed=3) == cases[-1][1]
+    assert dogetickets.select_ticket(None, 0.3, "random", model=shape, seed=3, allocation="balanced") == cases[-1][1]
 
     plain = UnitScores(*[getattr(scores, f) for f in ("domains", "per_domain_heads", "per_domain_ffn",
                                                        "pooled_heads", "pooled_ffn", "counts")])

@@ -274,7 +274,7 @@ def select_ticket(
     sparsity: float = 0.2,
     method: str = "doge",
     lam: float | None = 100.0,
-    allocation: str = "balanced",
+    allocation: str | None = None,
     model: nn.Module | Shape | None = None,
     *,
     variance: str = "paper",
@@ -286,8 +286,8 @@ def select_ticket(
     `method`: a ticket method of the registry (`dogetickets.methods`): "doge" (mean over domains - `lam` x
     variance over domains), "doge-nc" (noise-corrected variance), "doge-worst", "winning" (pooled data),
     "random" (needs no scores, drawn from `seed`); a suffix "-global", "-proportional" or "-balanced"
-    overrides `allocation`, how the pruned parameters split between heads and FFN blocks (default
-    "balanced": half each, the released scripts' schedule; a run's default is "global"). `variance`: doge's
+    overrides `allocation`, how the pruned parameters split between heads and FFN blocks (default: a run's
+    default, `tickets.allocation` of dogetickets.config). `variance`: doge's
     between-domain variance, "paper" or "corrected". `model`: the model or its Shape; not needed with the
     scores of `score_domains`, which carry it. `granularity`: prune FFN "block"s or single FFN "neuron"s
     (default: neurons when the scores have neuron scores, else blocks).
@@ -311,6 +311,10 @@ def select_ticket(
     if scores is None and m.uses_scores:
         raise DogeError(f"method {method!r} ranks units by their scores: pass the scores of score_domains")
     shape = _shape(model, scores)
+    if allocation is None:
+        from dogetickets.config import TicketConfig
+
+        allocation = str(TicketConfig.model_fields["allocation"].default)
     alloc = m.allocation_for(allocation)
     if alloc not in registry.ALLOCATIONS:
         raise DogeError(f"allocation {alloc!r}: one of {', '.join(registry.ALLOCATIONS)}")
