@@ -3,10 +3,21 @@
 The full model and the exported (physically pruned) tickets are timed in turns (round robin over the
 repeats, so a busy spell of the machine hits every model alike); absolute numbers are medians over the
 repeats, ratios against the full model are medians over the rounds of the per-round ratios.
-FLOPs per token count the encoder's matmuls analytically from the structure: per layer
-2·(3·d·k·dh + k·dh·d) for the Q, K, V and output projections of k kept heads, 2·2·seq·k·dh for the
-attention scores and weighted values, and 2·2·d·di for a kept FFN block. The goal is a speed-up of at
-least 0.9 x the FLOP reduction ("efficiency" ≥ 0.9).
+
+FLOPs per token count the encoder's matmuls (2 per multiply-add) from the modules of each model, so an
+exported model's per-layer head counts, removed FFN blocks and per-layer intermediate sizes (neuron-level
+tickets) are all counted as they are: per layer, 2·in·out for every head projection (Q, K and V, or one
+fused QKV) and the attention output projection, 2·2·seq·a for the attention scores and weighted values
+(a = kept heads x head size), and 2·in·out for the FFN input and output projections of a kept block. With
+d the hidden size and n a layer's intermediate size, that is 2·2·d·n for a BERT-style FFN and 2·3·d·n for
+a GLU (ModernBERT's ``Wi`` is 2n wide: input and gate halves). Not counted: norms, activations, softmax,
+embeddings, the task head, and DeBERTa's relative-position terms; attention is counted over the whole
+sequence, as eager and SDPA attention compute it (ModernBERT's local layers mask the scores outside their
+window). The goal is a speed-up of at least 0.9 x the FLOP reduction ("efficiency" ≥ 0.9).
+
+`run_bench` takes an unpruned model and tickets (exported here), or an exported model (a `doge export`
+folder, or a rewind run's ``model/``): that one is timed against its architecture at full size (rebuilt
+from its config with random weights: timing and counts only, no accuracy).
 """
 
 from __future__ import annotations
@@ -24,31 +35,124 @@ from torch import nn
 
 from dogetickets.errors import DogeError
 from dogetickets.io import write_json
-from dogetickets.models.export import encoder_layers, export_pruned, is_pruned
-from dogetickets.models.units import Units
-from dogetickets.tickets import Shape, Ticket, no_ticket, random_ticket
+from dogetickets.models.export import encoder_layers, export_pruned, is_pruned, register_auto_classes
+from dogetickets.models.units import Units, find_module, get_module, layer_list, structure_for
+from dogetickets.tickets import Shape, Ticket, random_ticket, ticket_name
 
 DEFAULT_SPARSITIES = (0.0, 0.15, 0.3, 0.5)
 GOAL = 0.9  # speed-up >= GOAL x FLOP reduction
 
 
 def encoder_flops_per_token(
-    heads: Sequence[int], ffn: Sequence[bool], hidden: int, head_dim: int, intermediate: int, seq_len: int
+    heads: Sequence[int],
+    ffn: Sequence[bool],
+    hidden: int,
+    head_dim: int,
+    intermediate: int | Sequence[int],
+    seq_len: int,
+    *,
+    glu: bool = False,
 ) -> int:
-    """Matmul FLOPs per token of the encoder, for `heads[i]` kept heads and FFN kept `ffn[i]` per layer."""
+    """Matmul FLOPs per token of the encoder, for `heads[i]` kept heads and FFN kept `ffn[i]` per layer.
+
+    `intermediate` is the FFN's intermediate size, one for all layers or one per layer (an exported
+    neuron-level ticket); `glu`: the FFN is gated (its input projection is twice the intermediate size).
+    """
+    sizes = [intermediate] * len(heads) if isinstance(intermediate, int) else list(intermediate)
+    ffn_mats = 3 if glu else 2
     total = 0
-    for k, keep_ffn in zip(heads, ffn, strict=True):
+    for k, keep_ffn, n in zip(heads, ffn, sizes, strict=True):
         a = k * head_dim
         total += 2 * (3 * hidden * a + a * hidden) + 2 * 2 * seq_len * a
         if keep_ffn:
-            total += 2 * 2 * hidden * intermediate
+            total += 2 * ffn_mats * hidden * n
     return total
 
 
-def _kept(ticket: Ticket) -> tuple[list[int], list[bool]]:
-    heads = [ticket.num_heads - len(set(ticket.pruned_heads.get(str(i), []))) for i in range(ticket.num_layers)]
-    ffn = [i not in set(ticket.pruned_ffn) for i in range(ticket.num_layers)]
-    return heads, ffn
+def _linear_flops(lin: nn.Module) -> int:
+    return 2 * lin.in_features * lin.out_features if isinstance(lin, nn.Linear) else 0
+
+
+def layer_sizes(model: nn.Module) -> list[dict[str, int]]:
+    """What each encoder layer of `model` (stock or exported) keeps, read from its modules: ``heads``,
+    ``ffn`` (1 if the FFN block is there, else 0), ``intermediate`` (its FFN neurons, 0 without a block),
+    ``attn_width`` (kept heads x head size) and ``flops_per_token_fixed`` / ``flops_per_token_per_seq``
+    (the matmul FLOPs per token: the part independent of the sequence length, and the factor of it)."""
+    config = model.config
+    base = getattr(config, "doge_base_model_type", None) or config.model_type
+    s = structure_for(base.removeprefix("doge-"))
+    num_heads = int(getattr(config, s.heads_attr))
+    kept_heads = getattr(config, "doge_heads", None)
+    sizes = getattr(config, "doge_intermediate_sizes", None)
+    out = []
+    for i, layer in enumerate(layer_list(model, s)):
+        attn_out = get_module(layer, s.attn_out)
+        ffn_in, ffn_out = find_module(layer, s.ffn_in), find_module(layer, s.ffn_out)
+        kept_ffn = isinstance(ffn_in, nn.Linear) and isinstance(ffn_out, nn.Linear)
+        inter = ffn_out.in_features if kept_ffn else 0  # type: ignore[union-attr]
+        if sizes is not None and inter != sizes[i]:
+            raise DogeError(f"layer {i} has {inter} FFN neurons, its config says {sizes[i]}")
+        fixed = sum(_linear_flops(get_module(layer, p)) for p in s.head_in) + _linear_flops(attn_out)
+        if kept_ffn:
+            fixed += _linear_flops(ffn_in) + _linear_flops(ffn_out)  # a GLU's Wi is 2n wide: 3 matrices in all
+        out.append(
+            {
+                "heads": len(kept_heads[i]) if kept_heads is not None else num_heads,
+                "ffn": int(kept_ffn),
+                "intermediate": inter,
+                "attn_width": attn_out.in_features,
+                "flops_per_token_fixed": fixed,
+                "flops_per_token_per_seq": 2 * 2 * attn_out.in_features,
+            }
+        )
+    return out
+
+
+def model_flops_per_token(model: nn.Module, seq_len: int) -> int:
+    """Matmul FLOPs per token of the encoder of `model` (stock or exported) at `seq_len` tokens, counted from
+    its modules (the module docstring says what is counted)."""
+    return sum(r["flops_per_token_fixed"] + seq_len * r["flops_per_token_per_seq"] for r in layer_sizes(model))
+
+
+def full_size(model: nn.Module) -> nn.Module:
+    """An exported model's architecture at full size (every head, FFN block and neuron), randomly initialized:
+    its stock class built from its config without the pruned structure. For timing and counting only."""
+    config = copy.deepcopy(model.config)
+    for key in [k for k in vars(config) if k.startswith("doge_")]:
+        delattr(config, key)
+    config.__class__ = next(c for c in type(config).__mro__[1:] if not c.__name__.startswith("Doge"))
+    stock = next(c for c in type(model).__mro__[1:] if not c.__name__.startswith("Doge"))
+    torch.manual_seed(0)
+    return stock(config)
+
+
+def _about(ticket: Ticket | None) -> dict[str, Any]:
+    if ticket is None:
+        return {"method": "full", "target_sparsity": 0.0, "sparsity": 0.0, "granularity": None}
+    return {
+        "method": ticket.method,
+        "target_sparsity": ticket.target_sparsity,
+        "sparsity": ticket.sparsity,
+        "granularity": ticket.granularity,
+    }
+
+
+def _row_name(name: str, granularity: str | None) -> str:
+    """A ticket's name, marked "-neuron" for a neuron-level one (the two granularities share ticket names)."""
+    return f"{name}-neuron" if granularity == "neuron" else name
+
+
+def _about_export(model: nn.Module) -> tuple[str, dict[str, Any]]:
+    """A row name and ticket fields for an exported model, from the ticket summary in its config."""
+    info = dict(getattr(model.config, "doge_ticket", None) or {})
+    method = info.get("method", "exported")
+    name = ticket_name(method, info["target_sparsity"], info.get("lam")) if "target_sparsity" in info else method
+    return name, {
+        "method": method,
+        "target_sparsity": info.get("target_sparsity", 0.0),
+        "sparsity": info.get("sparsity", 0.0),
+        "granularity": info.get("granularity", "block"),
+    }
 
 
 def _sync(device: torch.device) -> None:
@@ -108,6 +212,7 @@ def _load(model: str | Path | nn.Module, task: str) -> nn.Module:
     from dogetickets.models.resolve import model_class, quiet_transformers, resolve_model
 
     quiet_transformers()
+    register_auto_classes()  # an exported model's doge-<base> type
     path = resolve_model(str(model))
     try:
         AutoConfig.from_pretrained(path)
@@ -137,22 +242,31 @@ def run_bench(
     """Time the full model and the exported tickets (random tickets at `sparsities` unless `tickets`).
 
     `model` is a model name or folder of an unpruned encoder (a task head is added if it has none) or a
-    loaded model. `device` as `bench_device` takes it. Returns (and writes to `out` as JSON) one row per
-    model with absolute numbers and ratios against the full model.
+    loaded model. It may also be an exported model (a `doge export` folder, a physically pruned rewind's
+    ``model/``): then it is timed against its architecture at full size (`full_size`: random weights),
+    `sparsities` is ignored, and `tickets`, if any, are exported from that full-size model and timed too.
+    Tickets of either granularity. `device` as `bench_device` takes it. Returns (and writes to `out` as
+    JSON) one row per model with absolute numbers and ratios against the full model.
     """
     say = log or (lambda _msg: None)
     dev = bench_device(device)
-    full = _load(model, task).eval()
-    if is_pruned(full):
-        raise DogeError(f"model '{model}' is already pruned: bench the unpruned model and tickets")
-    units = Units(full)
-    shape = Shape.of(units)
-    if tickets is None:
-        tickets = [random_ticket(shape, s, seed) for s in sparsities]
-    models: list[tuple[str, Ticket | None, nn.Module]] = [("full", None, full)]
+    loaded = _load(model, task).eval()
+    models: list[tuple[str, dict[str, Any], nn.Module]] = []
+    if is_pruned(loaded):
+        say("an exported model: timed against its architecture at full size (random weights)")
+        full = full_size(loaded).eval()
+        name, about = _about_export(loaded)
+        models += [("full", _about(None), full), (_row_name(name, about["granularity"]), about, loaded)]
+        tickets = list(tickets or [])
+    else:
+        full = loaded
+        models.append(("full", _about(None), full))
+        if tickets is None:
+            shape = Shape.of(Units(full))
+            tickets = [random_ticket(shape, s, seed) for s in sparsities]
     for t in tickets:
-        say(f"exporting {t.name} ({t.sparsity:.1%} of the encoder pruned)")
-        models.append((t.name, t, export_pruned(copy.deepcopy(full), t)))
+        say(f"exporting {t.name} ({t.sparsity:.1%} of the encoder pruned, {t.granularity} granularity)")
+        models.append((_row_name(t.name, t.granularity), _about(t), export_pruned(copy.deepcopy(full), t)))
     for _, _, m in models:
         m.to(dev).eval()
 
@@ -192,25 +306,25 @@ def run_bench(
 
     train = _round_robin([train_step(m) for _, _, m in models], warmup, train_repeats, dev)
 
-    hidden, head_dim, inter = units.hidden_size, units.head_dim, units.intermediate_size
     rows: list[dict[str, Any]] = []
     med = statistics.median
-    for (name, ticket, m), t_inf, t_lat, t_train in zip(models, infer, latency, train, strict=True):
-        heads, ffn = _kept(ticket or no_ticket(shape))
+    for (name, about, m), t_inf, t_lat, t_train in zip(models, infer, latency, train, strict=True):
+        sizes = layer_sizes(m)
         rows.append(
             {
                 "name": name,
-                "method": ticket.method if ticket else "full",
-                "target_sparsity": ticket.target_sparsity if ticket else 0.0,
-                "sparsity": ticket.sparsity if ticket else 0.0,
-                "heads": sum(heads),
-                "ffn_blocks": sum(ffn),
+                **about,
+                "heads": sum(r["heads"] for r in sizes),
+                "ffn_blocks": sum(r["ffn"] for r in sizes),
+                "ffn_neurons": sum(r["intermediate"] for r in sizes),
+                "intermediate_sizes": [r["intermediate"] for r in sizes],
                 "params": sum(p.numel() for p in m.parameters()),
                 "encoder_params": sum(p.numel() for layer in encoder_layers(m) for p in layer.parameters()),
-                "flops_per_token": encoder_flops_per_token(heads, ffn, hidden, head_dim, inter, seq_len),
+                "flops_per_token": model_flops_per_token(m, seq_len),
                 "infer_examples_per_s": batch_size / med(t_inf),
                 "latency_ms": 1000 * med(t_lat),
                 "train_examples_per_s": train_batch_size / med(t_train),
+                "seconds": {"infer": t_inf, "latency": t_lat, "train": t_train},  # every repeat, in rounds
                 "best": {  # the fastest repeat, less sensitive to a busy machine than the median
                     "infer_examples_per_s": batch_size / min(t_inf),
                     "latency_ms": 1000 * min(t_lat),
@@ -253,6 +367,7 @@ _COLUMNS = (
     ("sparsity", "right"),
     ("heads", "right"),
     ("FFN", "right"),
+    ("neurons", "right"),
     ("params", "right"),
     ("MFLOP/tok", "right"),
     ("FLOP red.", "right"),
@@ -272,6 +387,7 @@ def _cells(r: dict[str, Any]) -> list[str]:
         f"{r['sparsity']:.1%}",
         str(r["heads"]),
         str(r["ffn_blocks"]),
+        str(r.get("ffn_neurons", "")),
         f"{r['params'] / 1e6:.2f}M",
         f"{r['flops_per_token'] / 1e6:.2f}",
         f"{r['flop_reduction']:.2f}×",
