@@ -229,7 +229,7 @@ def test_neuron_level_ticket(tiny_cls, tokenizer, tmp_path):
     shape = Shape.of(Units(tiny_cls))
     ticket = dogetickets.select_ticket(scores, sparsity=0.3)
     assert ticket == select(*scores.doge(100.0, granularity="neuron"), shape, 0.3, "doge", lam=100.0, seed=0,
-                            allocation="balanced", granularity="neuron")
+                            allocation=DEFAULT, granularity="neuron")
     assert ticket.pruned_neurons and dogetickets.select_ticket(scores, 0.3, granularity="block").pruned_neurons == {}
     block_scores = dogetickets.score_domains(tiny_cls, tokenizer, domains(), max_length=16)
     with pytest.raises(DogeError, match="no FFN neuron scores"):
