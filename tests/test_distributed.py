@@ -25,8 +25,12 @@ DOGE = [sys.executable, "-m", "dogetickets.cli"]
 RUNS = ("seed0/erm", "seed0/rewind/random-s20", "seed0/rewind/doge-s20-l100")
 
 
-def _doge(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([*DOGE, *args], capture_output=True, text=True, timeout=900, **kw)
+THREADS = max(1, (os.cpu_count() or 1) // 2)  # each of 2 Ray workers' torch threads; the reference uses as many
+
+
+def _doge(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}  # the same float sums as the reference
+    return subprocess.run([*DOGE, *args], capture_output=True, text=True, timeout=900, env=env)
 
 
 def _metrics(out: Path) -> dict[str, dict]:
@@ -43,11 +47,16 @@ def sequential(tmp_path_factory, data_dir) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("seq")
     cfg = root / "tiny.toml"
     cfg.write_text(tiny_run_toml(root / "run", data_dir, methods='["random", "doge"]'))
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
     pipe = Pipeline(load_config(cfg), show_progress=False)
     try:
         pipe.run()
     finally:
         pipe._lock.release()
+        torch.set_num_threads(threads)
     return cfg, root / "run"
 
 

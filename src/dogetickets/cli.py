@@ -103,10 +103,10 @@ def run(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, mode
 
 @app.command()
 def jobs(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, model: ModelOpt = None,
-         set_: SetOpt = None) -> None:
+         set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Print the sweep's pending jobs, one `doge run --only` command each, in dependency order (a job's
     inputs come before it), for another scheduler (e.g. a SLURM array, each wave after the one before).
-    Prepares the run directory (config, labels) as `doge run` does."""
+    Prepares the run directory (config, labels) as `doge run` does; prints only the commands (-q or not)."""
     import shlex
 
     pipe = _pipeline(config, data_dir, out, model, set_, quiet=True)
