@@ -165,13 +165,10 @@ def _examples(
 
 def _check_max_length(model: nn.Module, max_length: int) -> None:
     """max_length within the model's position embeddings (else the first long example crashes)."""
-    config = model.config
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit is None:
-        return
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):  # positions start after the padding index
-        limit -= int(config.pad_token_id or 1) + 1
-    if max_length > limit:
+    from dogetickets.models.resolve import position_limit
+
+    limit = position_limit(model.config)
+    if limit is not None and max_length > limit:
         raise DogeError(f"max_length {max_length} is more than the model can take ({limit} positions)")
 
 

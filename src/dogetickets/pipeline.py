@@ -838,15 +838,10 @@ def _check_max_length(cfg: Config) -> None:
     """model.max_length within the model's position embeddings (else the first long example crashes)."""
     from transformers import AutoConfig
 
-    from dogetickets.models.resolve import resolve_model
+    from dogetickets.models.resolve import position_limit, resolve_model
 
-    mc = AutoConfig.from_pretrained(resolve_model(cfg.model.name))
-    limit = getattr(mc, "max_position_embeddings", None)
-    if limit is None:
-        return
-    if mc.model_type in ("roberta", "xlm-roberta", "camembert"):  # positions start after the padding index
-        limit -= int(mc.pad_token_id or 1) + 1
-    if cfg.model.max_length > limit:
+    limit = position_limit(AutoConfig.from_pretrained(resolve_model(cfg.model.name)))
+    if limit is not None and cfg.model.max_length > limit:
         raise DogeError(f"config key 'model.max_length': {cfg.model.max_length} is more than model "
                         f"'{cfg.model.name}' can take ({limit} positions)")
 

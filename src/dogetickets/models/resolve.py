@@ -170,3 +170,14 @@ def load_saved(folder: str | Path, task: str) -> PreTrainedModel:
         return model_class(task).from_pretrained(folder)
     except LOAD_ERRORS as exc:
         raise DogeError(f"{folder}: the saved model cannot be read ({first_line(exc)})") from None
+
+
+def position_limit(config: transformers.PretrainedConfig) -> int | None:
+    """How many tokens a model's position embeddings take (None when it does not say): RoBERTa-style
+    models start their positions after the padding index."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= int(config.pad_token_id or 1) + 1
+    return int(limit)
