@@ -120,6 +120,23 @@ def test_irm_batches_hold_every_domain():
         assert sorted(np.bincount(data.domain[b], minlength=3)) == [3, 3, 3]
 
 
+def test_irm_batches_are_length_bucketed():
+    """Bucketed IRM steps pad far less than unbucketed ones, and an epoch still uses each example once."""
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(5, 100, rng.integers(5, 128)) for _ in range(400)]
+    dom = np.array([i % 2 for i in range(400)])
+    data = Encoded(ids, [np.zeros_like(x) for x in ids], [0] * 400, dom, np.arange(400) // 2, ["d0", "d1"])
+
+    def padded(bucket: bool) -> int:
+        batches = IRM(IRMConfig()).epoch_batches(data, batch_size=16, seed=1, bucket=bucket)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(400))  # 200 per domain, 25 steps of 8
+        for b in batches:
+            assert data.domain[b].tolist() == [0] * 8 + [1] * 8  # one block per domain, in domain order
+        return sum(len(b) * int(data.lengths[b].max()) - int(data.lengths[b].sum()) for b in batches)
+
+    assert padded(True) < 0.25 * padded(False)
+
+
 class _ERMOnIRMBatches(ERM):
     """ERM's loss on IRM's batches (an equal share of every domain in each step)."""
 

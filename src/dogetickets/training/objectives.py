@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from dogetickets.config import IRMConfig
-from dogetickets.data.batching import batch_indices
+from dogetickets.data.batching import BUCKET_FACTOR, batch_indices
 from dogetickets.data.tasks import Encoded, Task
 
 
@@ -63,7 +63,11 @@ class IRM(Objective):
         return step == self.anneal_steps and self.anneal_steps > 0 and self.penalty_weight != 1.0
 
     def epoch_batches(self, data: Encoded, batch_size: int, seed: int, bucket: bool) -> list[np.ndarray]:
-        """Zip per-domain batches (each batch_size / D) so every step sees every domain."""
+        """Zip per-domain batches (each batch_size / D) so every step sees every domain.
+
+        Bucketed as ERM's batches are: each domain's shuffled stream is sorted by length within chunks
+        of BUCKET_FACTOR steps, so the k-th step of a chunk takes examples of about the same length rank
+        from every domain (little padding), and the steps are then shuffled."""
         D = self.num_domains = len(data.domain_names)
         per = max(1, batch_size // D)
         steps = self.steps_per_epoch(data, batch_size)
@@ -73,8 +77,15 @@ class IRM(Objective):
             idx = np.nonzero(data.domain == d)[0]
             need = steps * per
             reps = [rng.permutation(idx) for _ in range(math.ceil(need / max(len(idx), 1)))]
-            streams.append(np.concatenate(reps)[:need].reshape(steps, per))
-        return [np.concatenate([s[k] for s in streams]) for k in range(steps)]
+            stream = np.concatenate(reps)[:need]
+            if bucket:
+                chunk = per * BUCKET_FACTOR
+                stream = np.concatenate(
+                    [c[np.argsort(data.lengths[c], kind="stable")] for c in np.split(stream, range(chunk, need, chunk))]
+                )
+            streams.append(stream.reshape(steps, per))
+        order = rng.permutation(steps) if bucket else np.arange(steps)
+        return [np.concatenate([s[k] for s in streams]) for k in order]
 
     @staticmethod
     def penalty(task: Task, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
