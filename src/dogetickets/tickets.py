@@ -224,20 +224,41 @@ def select(
         n_heads, n_ffn = split_target(shape, goal, ffn_share)
         pruned_heads = _lowest_heads(head_scores, n_heads)
         pruned_ffn = sorted(range(L), key=lambda li: (ffn_scores[li], li))[:n_ffn]
-    pruned = sum(map(len, pruned_heads.values())) * shape.head_params + len(pruned_ffn) * shape.ffn_params
+    return _ticket(shape, method, target, lam, seed, allocation, pruned_heads, pruned_ffn)
+
+
+def _ticket(
+    shape: Shape,
+    method: str,
+    target: float,
+    lam: float | None,
+    seed: int | None,
+    allocation: str,
+    pruned_heads: dict[int, list[int]],
+    pruned_ffn: list[int],
+    pruned_neurons: dict[int, list[int]] | None = None,
+) -> Ticket:
+    """The Ticket of a selection, its pruned parameters counted from the shape (neurons: a neuron ticket)."""
+    pruned = (sum(map(len, pruned_heads.values())) * shape.head_params + len(pruned_ffn) * shape.ffn_params
+              + sum(map(len, (pruned_neurons or {}).values())) * shape.neuron_params)
+    neuron_fields: dict[str, Any] = {}
+    if pruned_neurons is not None:
+        neuron_fields = {"pruned_neurons": {str(li): sorted(js) for li, js in sorted(pruned_neurons.items())},
+                         "granularity": "neuron", "intermediate_size": shape.intermediate_size}
     return Ticket(
         method=method,
         target_sparsity=float(target),
         sparsity=pruned / shape.encoder_params,
         pruned_heads={str(li): sorted(hs) for li, hs in sorted(pruned_heads.items())},
         pruned_ffn=sorted(pruned_ffn),
-        num_layers=L,
-        num_heads=H,
+        num_layers=shape.num_layers,
+        num_heads=shape.num_heads,
         lam=lam,
         seed=seed,
         pruned_params=pruned,
         encoder_params=shape.encoder_params,
         allocation=allocation,
+        **neuron_fields,
     )
 
 
@@ -337,7 +358,7 @@ def _select_neurons(
     allocation: str,
 ) -> Ticket:
     """`select` with FFN neurons as the FFN units."""
-    L, H, inter = shape.num_layers, shape.num_heads, shape.intermediate_size
+    L, inter = shape.num_layers, shape.intermediate_size
     if shape.neuron_params <= 0 or inter <= 0:
         raise DogeError("the model's shape has no FFN neuron sizes (make it with Shape.of(Units(model)))")
     by_score = sorted((neuron_scores[li, j], li, j) for li in range(L) for j in range(inter))
@@ -351,27 +372,9 @@ def _select_neurons(
     per_layer: dict[int, list[int]] = {}
     for li, j in neurons:
         per_layer.setdefault(li, []).append(j)
-    pruned_ffn = sorted(li for li, js in per_layer.items() if len(js) == inter)  # all gone: the whole block
-    pruned_neurons = {li: sorted(js) for li, js in sorted(per_layer.items()) if li not in pruned_ffn}
-    pruned = (sum(map(len, pruned_heads.values())) * shape.head_params + len(pruned_ffn) * shape.ffn_params
-              + sum(map(len, pruned_neurons.values())) * shape.neuron_params)
-    return Ticket(
-        method=method,
-        target_sparsity=float(target),
-        sparsity=pruned / shape.encoder_params,
-        pruned_heads={str(li): sorted(hs) for li, hs in sorted(pruned_heads.items())},
-        pruned_ffn=pruned_ffn,
-        num_layers=L,
-        num_heads=H,
-        lam=lam,
-        seed=seed,
-        pruned_params=pruned,
-        encoder_params=shape.encoder_params,
-        allocation=allocation,
-        pruned_neurons={str(li): js for li, js in pruned_neurons.items()},
-        granularity="neuron",
-        intermediate_size=inter,
-    )
+    pruned_ffn = [li for li, js in per_layer.items() if len(js) == inter]  # all gone: the whole block
+    pruned_neurons = {li: js for li, js in per_layer.items() if li not in pruned_ffn}
+    return _ticket(shape, method, target, lam, seed, allocation, pruned_heads, pruned_ffn, pruned_neurons)
 
 
 def _select_global_neurons(
