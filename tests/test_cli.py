@@ -145,7 +145,12 @@ sparsities = [0.3]
     res = doge("run", str(cfg), "-q")
     assert res.returncode == 0, res.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    assert json.loads((out / "timing.json").read_text())["outside_model_share"] < 1.0
+    timing = json.loads((out / "timing.json").read_text())
+    assert timing["outside_model_share"] < 1.0
+    # one record per process: the rerun's is added after the first run's, which is kept
+    first, again = timing["processes"]
+    assert again["total_seconds"] == timing["total_seconds"] and first["total_seconds"] > again["total_seconds"]
+    assert "run" in first["command"] and first["started"] <= again["started"]
 
     # the pilot study and Fig. 4 from the fine-tuned model, then the report with every figure
     res = doge("analyze", str(cfg), "-q")

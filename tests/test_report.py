@@ -582,14 +582,20 @@ def test_wall_time_and_machine(run_dir: Path, tmp_path: Path) -> None:
     for needle in ("- CPU: Test CPU 9000", "- logical cores: 8", "- torch threads: 4", "- RAM (GiB): 31.2",
                    "- CUDA devices: none", "- git commit: abc1234+dirty"):
         assert needle in sec, needle
-    assert "exceed the last process's total" not in sec
+    assert "exceed the recorded process total" not in sec
     # the same machine in both: one list for all; more training recorded than the process lasted is flagged
     (b / "timing.json").write_text(json.dumps({"total_seconds": 60.0, "machine": desc}))
     (b / "seed0" / "erm" / "timing.json").write_text(json.dumps({"seconds": 100.0}))
     sec = _section(write_report([a, b], out=tmp_path / "rep", n_boot=20).read_text(), "Wall time and machine")
     assert sec.count("Machine (all run directories):") == 1 and "not recorded: amazonB" not in sec
-    assert "In amazonB, the recorded training seconds exceed the last process's total" in sec
+    assert "In amazonB, the recorded training seconds exceed the recorded process total" in sec
     assert sec.count("- CPU: Test CPU 9000") == 1
+    # a directory worked on by several processes (a resumed study): their totals are summed
+    processes = [{"total_seconds": 3600.0, "outside_model_seconds": 30.0}, {"total_seconds": 1800.0}]
+    (a / "timing.json").write_text(json.dumps({"total_seconds": 1800.0, "machine": desc, "processes": processes}))
+    sec = _section(write_report([a, b], out=tmp_path / "rep", n_boot=20).read_text(), "Wall time and machine")
+    (row_a,) = [x for x in sec.splitlines() if x.startswith("| amazonA |")]
+    assert [c.strip() for c in row_a.strip("|").split("|")][1:3] == ["5400 s (1.50 h) in 2 processes", "30.0 s (0.6%)"]
 
 
 def test_reproduce_generated_and_given(run_dir: Path, tmp_path: Path) -> None:

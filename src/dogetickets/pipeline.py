@@ -76,6 +76,18 @@ class Prepared:
         return int(self.tokenizer.pad_token_id or 0)
 
 
+def process_history(timing: Any) -> list[dict[str, Any]]:
+    """The records of the earlier `doge run` processes on a run directory, from its timing.json: its
+    "processes" list, or, for a timing.json written before that list, its one process."""
+    if not isinstance(timing, dict):
+        return []
+    if isinstance(timing.get("processes"), list):
+        return [p for p in timing["processes"] if isinstance(p, dict)]
+    if isinstance(timing.get("total_seconds"), (int, float)):
+        return [{k: timing[k] for k in ("total_seconds", "outside_model_seconds", "command") if k in timing}]
+    return []
+
+
 class Pipeline:
     """The protocol on one run directory: each stage (see dogetickets.stages) computed once under its settings.
 
@@ -95,6 +107,7 @@ class Pipeline:
         self.show_progress = show_progress and acc.is_main_process
         self.timing: dict[str, float] = {}  # seconds outside the model, by kind (this process)
         self.started = time.perf_counter()
+        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.failed: dict[str, str] = {}  # run -> why, for the runs of a sweep that failed
         self._lock = RunLock(self.layout.lock)
         self._scores: dict[int, UnitScores] = {}  # per seed, once computed or read
@@ -754,10 +767,13 @@ class Pipeline:
         outside = sum(parts.values())
         from dogetickets.machine import describe
 
+        command = ["doge", *sys.argv[1:]] if Path(sys.argv[0]).name == "doge" else list(sys.argv)
+        this = {"started": self.started_at, "total_seconds": total, "outside_model_seconds": outside,
+                "command": command}
         share = {"total_seconds": total, "outside_model_seconds": outside,
                  "outside_model_share": outside / total if total else 0.0, **parts,
-                 "command": ["doge", *sys.argv[1:]] if Path(sys.argv[0]).name == "doge" else list(sys.argv),
-                 "machine": describe()}
+                 "command": command, "machine": describe(),
+                 "processes": [*process_history(read_json_or_none(self.layout.timing)), this]}
         self._say(f"time: {total:.0f}s, outside the model {outside:.1f}s ({share['outside_model_share']:.1%}: "
                       + ", ".join(f"{k} {v:.1f}s" for k, v in parts.items()) + ")")
         write_json(self.layout.timing, share)

@@ -246,11 +246,13 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
 
     doc.h(2, "Wall time and machine")
     doc.p(
-        "From each run directory's timing.json. 'doge run total' is the wall time of the last `doge run` "
-        "process on the directory: a resumed run, or one whose baselines came from an earlier `doge finetune`, "
-        "counts only that last process. 'outside the model': reading, tokenizing, batching and saving, within "
-        "that total. Training columns: the seconds recorded by each reported run (training with its dev "
-        "evaluations), summed; scoring and ticket choice are not timed apart (they are in the process total)."
+        "From each run directory's timing.json. 'doge run total' is the wall time of the `doge run` processes "
+        "that worked on the directory, summed (timing.json keeps one record per process, so a study resumed "
+        "over several sittings counts every sitting; a directory written before those records counts only "
+        "its last process, and baselines from an earlier `doge finetune` are not in it). 'outside the model': "
+        "reading, tokenizing, batching and saving, within that total. Training columns: the seconds recorded "
+        "by each reported run (training with its dev evaluations), summed; scoring and ticket choice are not "
+        "timed apart (they are in the process total)."
     )
     rows: list[dict[str, str]] = []
     machines: dict[str, tuple[dict, list[str]]] = {}
@@ -260,6 +262,10 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
         timing = read_json_or_none(d / "timing.json")
         timing = timing if isinstance(timing, dict) else {}
         total, outside = timing.get("total_seconds"), timing.get("outside_model_seconds")
+        processes = [p for p in timing.get("processes") or [] if isinstance(p.get("total_seconds"), (int, float))]
+        if processes:
+            total = sum(float(p["total_seconds"]) for p in processes)
+            outside = sum(float(p.get("outside_model_seconds") or 0.0) for p in processes)
         sub = runs[runs["dataset"] == name]
         ticket = sub["method"].map(lambda m: methods.is_known(m) and methods.get(m).is_ticket)
         base_text, base_s = _training(list(sub.loc[~ticket, "path"]))
@@ -269,10 +275,14 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
         rows.append(
             {
                 "run directory": name,
-                "doge run total": _duration(float(total)) if isinstance(total, (int, float)) else "not recorded",
+                "doge run total": (
+                    _duration(float(total)) + (f" in {len(processes)} processes" if len(processes) > 1 else "")
+                    if isinstance(total, (int, float))
+                    else "not recorded"
+                ),
                 "outside the model": (
-                    f"{_duration(float(outside))} ({float(timing.get('outside_model_share', 0.0)):.1%})"
-                    if isinstance(outside, (int, float))
+                    f"{_duration(float(outside))} ({float(outside) / float(total) if total else 0.0:.1%})"
+                    if isinstance(outside, (int, float)) and isinstance(total, (int, float))
                     else ""
                 ),
                 "baseline training": base_text,
@@ -287,8 +297,8 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
     doc.table(pd.DataFrame(rows))
     if earlier:
         doc.p(
-            f"In {', '.join(earlier)}, the recorded training seconds exceed the last process's total: not all "
-            "of those runs were trained in that process, so the total is not the directory's whole cost."
+            f"In {', '.join(earlier)}, the recorded training seconds exceed the recorded process total: not all "
+            "of those runs were trained by the recorded processes, so the total is not the directory's whole cost."
         )
     for i, (desc, used) in enumerate(machines.values(), 1):
         which = "all run directories" if len(used) == len(names) else ", ".join(used)
