@@ -570,10 +570,51 @@ class Pipeline:
             info["lambda_chosen_on_dev"] = True
         # The physically pruned model computes what the gated one computes on the kept weights (pruned
         # units get zero gradient there), only smaller; gated training stays for comparison.
+        twin = self._trained_twin(seed, ticket, folder, settings)
+        if twin is not None:
+            self._copy_training(twin, folder, info, settings)
+            return
         masks = None if physical else ticket.masks()
         if physical:
             export_pruned(model, ticket, where=str(ticket_path))
         self._train_and_evaluate(model, folder, info, seed, objective, masks, self.cfg.run.save_models, settings)
+
+    def _trained_twin(self, seed: int, ticket: Ticket, folder: Path, settings: dict[str, Any]) -> Path | None:
+        """A finished rewind of this seed that pruned the same units under the same training settings (and
+        evaluated on the same data): its training is this ticket's, to the last bit. None if there is none."""
+        def canon(x: Any) -> str:
+            return json.dumps(x, sort_keys=True, default=str)
+
+        same = canon({k: settings[k] for k in ("trained", "physical")})
+        units = canon(ticket.units())
+        for other in sorted(p for p in folder.parent.iterdir() if p.is_dir() and p != folder):
+            rec = recorded(other)
+            if not rec or canon({k: rec.get(k) for k in ("trained", "physical")}) != same:
+                continue
+            if not all(_intact(other / f) for f in ("ticket.json", *self._run_files())):
+                continue
+            metrics_json = read_json_or_none(other / "metrics.json")
+            if not isinstance(metrics_json, dict) or metrics_json.get("eval") != self._eval_settings():
+                continue
+            if canon(Ticket.load(other / "ticket.json").units()) == units:
+                return other
+        return None
+
+    def _copy_training(self, twin: Path, folder: Path, info: dict[str, Any], settings: dict[str, Any]) -> None:
+        """This rewind's results from its twin's training (same seed, units and settings), not trained again:
+        its model, log and predictions as they are, its metrics under this run's name with `trained_as`."""
+        self._say(f"[bold]{info['name']}[/bold]: prunes the units {twin.name} pruned: its training is reused")
+        if is_writer():
+            for name in ("log.jsonl", "predictions.jsonl"):
+                shutil.copyfile(twin / name, folder / name)
+            if self.cfg.run.save_models:
+                shutil.rmtree(folder / "model", ignore_errors=True)
+                shutil.copytree(twin / "model", folder / "model")
+            metrics_json = read_json(twin / "metrics.json")
+            metrics_json["run"] = {**info, "trained_as": twin.name}
+            write_json(folder / "metrics.json", metrics_json)
+            write_json(folder / "timing.json", {"seconds": 0.0, "trained_as": twin.name})
+        mark_done(folder, settings)
 
     def _evaluated(self, folder: Path, settings: dict[str, Any]) -> bool:
         """A finished run's test numbers are on the config's test domains; if not, its saved model is

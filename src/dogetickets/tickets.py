@@ -120,6 +120,16 @@ class Ticket:
             neurons[int(layer), idx] = 0.0
         return head, ffn, neurons
 
+    def units(self) -> dict[str, Any]:
+        """What a rewind of this ticket depends on: the pruned units, in a canonical form (tickets of other
+        methods, lambdas or allocations that prune the same units train the same model)."""
+        return {
+            "granularity": self.granularity,
+            "heads": sorted((int(li), int(h)) for li, hs in self.pruned_heads.items() for h in hs),
+            "ffn": sorted(int(li) for li in self.pruned_ffn),
+            "neurons": sorted((int(li), int(j)) for li, js in self.pruned_neurons.items() for j in js),
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """The ticket as written to JSON (a block-level ticket without the neuron fields, as before them)."""
         raw = asdict(self)
