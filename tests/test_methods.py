@@ -136,14 +136,19 @@ def test_variants_and_lambda_chosen_on_dev(tmp_path, data_dir):
     rewound, its lambda the best dev score of the masked fine-tuned model (recomputed here)."""
     cfg_path = tmp_path / "tiny.toml"
     cfg_path.write_text(tiny_run_toml(tmp_path / "run", data_dir, sparsities="[0.3]",
-                                      methods='["winning-balanced", "doge", "doge-nc-proportional"]'))
+                                      methods='["random-proportional", "winning-balanced", "doge",'
+                                              ' "doge-nc-proportional"]'))
     sets = {"tickets.lambdas": [0.0, 100.0, 1e6], "tickets.lambda_choice": "preview"}
     pipe = Pipeline(load_config(cfg_path, sets), show_progress=False)
     try:
         results = pipe.run()
         tickets = {p.stem: Ticket.load(p) for p in (tmp_path / "run/seed0/tickets").glob("*.json")}
-        assert sorted(tickets) == ["doge-nc-proportional-s30", "doge-s30", "winning-balanced-s30"]
+        assert sorted(tickets) == ["doge-nc-proportional-s30", "doge-s30", "random-proportional-s30",
+                                   "winning-balanced-s30"]
         assert tickets["winning-balanced-s30"].allocation == "balanced"
+        # every variant keeps its own name, the random ones too (the report's rows are by method)
+        assert tickets["random-proportional-s30"].method == "random-proportional"
+        assert tickets["random-proportional-s30"].allocation == "proportional"
         assert tickets["doge-nc-proportional-s30"].allocation == "proportional"
         assert tickets["doge-s30"].allocation == "global"
         model = pipe._finetuned(0)
@@ -165,6 +170,7 @@ def test_variants_and_lambda_chosen_on_dev(tmp_path, data_dir):
         recorded = tickets["doge-s30"].extra["lambda_choice"]["dev_score"]
         assert table.loc[0, "dev λ=100"] == pytest.approx(recorded["100"])
         rows = {r["method"]: r for r in results["rows"]}
+        assert set(rows) == {"erm", "random-proportional", "winning-balanced", "doge", "doge-nc-proportional"}
         assert rows["doge"]["row"].startswith("doge 30% (dev-chosen λ:") and rows["doge"]["lambda"] is None
         assert Path(tmp_path / "run/seed0/rewind/doge-s30/DONE").is_file()
     finally:

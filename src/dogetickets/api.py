@@ -316,7 +316,7 @@ def select_ticket(
     if alloc not in registry.ALLOCATIONS:
         raise DogeError(f"allocation {alloc!r}: one of {', '.join(registry.ALLOCATIONS)}")
     if scores is None or m.ranking == "random":
-        return random_ticket(shape, sparsity, seed, allocation=alloc, granularity=g)
+        return random_ticket(shape, sparsity, seed, allocation=alloc, granularity=g, method=method)
     if m.ranking == "pooled":
         head, ffn = scores.winning(g)
     elif m.ranking == "worst":

@@ -478,7 +478,7 @@ class Pipeline:
         shape, allocation = self.shape(seed), m.allocation_for(self.cfg.tickets.allocation)
         g = self.cfg.tickets.granularity
         if m.ranking == "random":
-            return random_ticket(shape, sparsity, seed, allocation=allocation, granularity=g)
+            return random_ticket(shape, sparsity, seed, allocation=allocation, granularity=g, method=method)
         if m.uses_lambda and lam is None:
             return self._lambda_by_preview(seed, spec)
         scores = self.scores(seed)

@@ -416,13 +416,15 @@ def _select_global_neurons(
 
 
 def random_ticket(
-    shape: Shape, target: float, seed: int, *, allocation: str = "global", granularity: str = "block"
+    shape: Shape, target: float, seed: int, *, allocation: str = "global", granularity: str = "block",
+    method: str = "random",
 ) -> Ticket:
-    """Random units at the same sparsity: selection on seeded uniform scores."""
+    """Random units at the same sparsity: selection on seeded uniform scores. `method` is the name the ticket
+    carries (a variant such as "random-balanced" keeps its own name)."""
     rng = np.random.default_rng(seed)
     heads = rng.random((shape.num_layers, shape.num_heads))
     ffn = rng.random(shape.num_layers if granularity == "block" else (shape.num_layers, shape.intermediate_size))
-    return select(heads, ffn, shape, target, "random", seed=seed, allocation=allocation, granularity=granularity)
+    return select(heads, ffn, shape, target, method, seed=seed, allocation=allocation, granularity=granularity)
 
 
 def no_ticket(shape: Shape) -> Ticket:
