@@ -560,7 +560,6 @@ class Pipeline:
     def _train_ticket(self, seed: int, ticket: Ticket, ticket_path: Path, folder: Path,
                       settings: dict[str, Any]) -> None:
         objective, physical = self.cfg.train.objective, self.cfg.train.physical
-        model = self._load(self.rewind_point(seed))
         clear_done(folder)
         ticket.save(folder / "ticket.json")
         info = {"name": ticket_path.stem, "method": ticket.method, "objective": objective,
@@ -568,18 +567,19 @@ class Pipeline:
                 "lambda": ticket.lam, "physical": physical}
         if "lambda_choice" in ticket.extra:
             info["lambda_chosen_on_dev"] = True
-        # The physically pruned model computes what the gated one computes on the kept weights (pruned
-        # units get zero gradient there), only smaller; gated training stays for comparison.
-        twin = self._trained_twin(seed, ticket, folder, settings)
+        twin = self._trained_twin(ticket, folder, settings)
         if twin is not None:
             self._copy_training(twin, folder, info, settings)
             return
+        model = self._load(self.rewind_point(seed))
+        # The physically pruned model computes what the gated one computes on the kept weights (pruned
+        # units get zero gradient there), only smaller; gated training stays for comparison.
         masks = None if physical else ticket.masks()
         if physical:
             export_pruned(model, ticket, where=str(ticket_path))
         self._train_and_evaluate(model, folder, info, seed, objective, masks, self.cfg.run.save_models, settings)
 
-    def _trained_twin(self, seed: int, ticket: Ticket, folder: Path, settings: dict[str, Any]) -> Path | None:
+    def _trained_twin(self, ticket: Ticket, folder: Path, settings: dict[str, Any]) -> Path | None:
         """A finished rewind of this seed that pruned the same units under the same training settings (and
         evaluated on the same data): its training is this ticket's, to the last bit. None if there is none."""
         def canon(x: Any) -> str:
