@@ -29,15 +29,18 @@ def batch_indices(
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     if bucket:
-        chunk = batch_size * BUCKET_FACTOR
-        parts = []
-        for s in range(0, n, chunk):
-            c = order[s : s + chunk]
-            parts.append(c[np.argsort(lengths[c], kind="stable")])
-        order = np.concatenate(parts) if parts else order
+        order = sort_within_chunks(order, lengths, batch_size * BUCKET_FACTOR)
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     perm = rng.permutation(len(batches))
     return [batches[i] for i in perm]
+
+
+def sort_within_chunks(order: np.ndarray, lengths: np.ndarray, chunk: int) -> np.ndarray:
+    """`order` with each consecutive chunk of `chunk` indices sorted by length (stable): length buckets that
+    keep the shuffle's randomness between chunks."""
+    parts = [order[s : s + chunk][np.argsort(lengths[order[s : s + chunk]], kind="stable")]
+             for s in range(0, len(order), chunk)]
+    return np.concatenate(parts) if parts else order
 
 
 def collate(data: Encoded, idx: np.ndarray, pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from dogetickets.config import IRMConfig
-from dogetickets.data.batching import BUCKET_FACTOR, batch_indices
+from dogetickets.data.batching import BUCKET_FACTOR, batch_indices, sort_within_chunks
 from dogetickets.data.tasks import Encoded, Task
 
 
@@ -79,10 +79,7 @@ class IRM(Objective):
             reps = [rng.permutation(idx) for _ in range(math.ceil(need / max(len(idx), 1)))]
             stream = np.concatenate(reps)[:need]
             if bucket:
-                chunk = per * BUCKET_FACTOR
-                stream = np.concatenate(
-                    [c[np.argsort(data.lengths[c], kind="stable")] for c in np.split(stream, range(chunk, need, chunk))]
-                )
+                stream = sort_within_chunks(stream, data.lengths, per * BUCKET_FACTOR)
             streams.append(stream.reshape(steps, per))
         order = rng.permutation(steps) if bucket else np.arange(steps)
         return [np.concatenate([s[k] for s in streams]) for k in order]
