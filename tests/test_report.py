@@ -596,6 +596,12 @@ def test_wall_time_and_machine(run_dir: Path, tmp_path: Path) -> None:
     sec = _section(write_report([a, b], out=tmp_path / "rep", n_boot=20).read_text(), "Wall time and machine")
     (row_a,) = [x for x in sec.splitlines() if x.startswith("| amazonA |")]
     assert [c.strip() for c in row_a.strip("|").split("|")][1:3] == ["5400 s (1.50 h) in 2 processes", "30.0 s (0.6%)"]
+    # a process killed mid-sweep (a session's end) counts up to its last finished job, and says so
+    processes[0]["ended"] = False
+    (a / "timing.json").write_text(json.dumps({"total_seconds": 1800.0, "machine": desc, "processes": processes}))
+    sec = _section(write_report([a, b], out=tmp_path / "rep", n_boot=20).read_text(), "Wall time and machine")
+    (row_a,) = [x for x in sec.splitlines() if x.startswith("| amazonA |")]
+    assert row_a.split("|")[2].strip() == "5400 s (1.50 h) in 2 processes (1 not ended: up to its last finished job)"
 
 
 def test_reproduce_generated_and_given(run_dir: Path, tmp_path: Path) -> None:

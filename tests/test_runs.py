@@ -219,6 +219,32 @@ def test_a_failed_training_is_reported_and_the_sweep_goes_on(tmp_path, data_dir,
     assert all(_files(out)[k] == v for k, v in before.items() if not k.startswith(RANDOM))
 
 
+def test_a_killed_sweep_keeps_its_wall_time_up_to_its_last_finished_job(copy, monkeypatch):
+    import dogetickets.pipeline as pipeline
+
+    _, out, _ = copy
+    shutil.rmtree(out / RANDOM)
+    first = json.loads((out / "timing.json").read_text())["processes"]
+    assert [p["ended"] for p in first] == [True]
+    real = pipeline.train
+
+    def killed(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt  # the session ends while random-s20 trains
+
+    monkeypatch.setattr(pipeline, "train", killed)
+    pipe = _pipe(copy[0], out)
+    with pytest.raises(KeyboardInterrupt):
+        pipe.run()
+    pipe._lock.release()
+    cut = json.loads((out / "timing.json").read_text())["processes"]
+    assert cut[0] == first[0] and cut[1]["ended"] is False and cut[1]["total_seconds"] > 0
+    monkeypatch.setattr(pipeline, "train", real)
+    _run(copy[0], out)  # the next sitting: its record comes after the killed one's, which is kept
+    after = json.loads((out / "timing.json").read_text())["processes"]
+    assert after[:2] == cut and after[2]["ended"] is True and len(after) == 3
+    assert (out / RANDOM / "DONE").exists()
+
+
 def test_a_diverging_sweep_exits_2_naming_its_runs(tmp_path, data_dir):
     cfg = tmp_path / "c.toml"
     cfg.write_text(tiny_run_toml(tmp_path / "run", data_dir, methods='["random", "doge"]'))

@@ -116,6 +116,7 @@ def run_ray(pipe: Pipeline, workers: int, address: str | None = None) -> dict[st
                         pipe._warn(f"{status['run']} failed: {status['error']}")
                 if status["is_run"]:
                     advance(1, info=status["run"])
+                pipe.record_time(ended=False)  # a driver killed later keeps its time up to here
     finally:
         if started_here:
             ray.shutdown()

@@ -108,6 +108,7 @@ class Pipeline:
         self.timing: dict[str, float] = {}  # seconds outside the model, by kind (this process)
         self.started = time.perf_counter()
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._earlier: list[dict[str, Any]] | None = None  # the earlier processes' timing records
         self.failed: dict[str, str] = {}  # run -> why, for the runs of a sweep that failed
         self._lock = RunLock(self.layout.lock)
         self._scores: dict[int, UnitScores] = {}  # per seed, once computed or read
@@ -776,6 +777,7 @@ class Pipeline:
                         self._warn(f"{job.run_name} failed: {exc}")
                 if job.is_run:
                     advance(1, info=job.run_name)
+                self.record_time(ended=False)  # a process killed later keeps its time up to here
         results = self.results() if len(self.failed) < total else {}
         self.report_time()
         return results
@@ -799,25 +801,40 @@ class Pipeline:
         return DogeError(f"{len(self.failed)} run(s) failed: {', '.join(self.failed)} (first: {first}: {why}); "
                          "a rerun retries only these")
 
-    def report_time(self) -> dict[str, Any]:
-        """Where this process's wall time went outside the model (tokenizing, batching, reading, saving)."""
+    def _outside_parts(self) -> dict[str, float]:
+        """Seconds of this process outside the model, by kind."""
         from dogetickets.data.batching import COLLATE_SECONDS
 
-        total = time.perf_counter() - self.started
-        parts = {**self.timing, "batching": COLLATE_SECONDS[0], "save models": SAVE_SECONDS[0]}
-        outside = sum(parts.values())
+        return {**self.timing, "batching": COLLATE_SECONDS[0], "save models": SAVE_SECONDS[0]}
+
+    def record_time(self, ended: bool = True) -> dict[str, Any]:
+        """Write this process's wall time into timing.json, after the earlier processes' records (read once,
+        before this process first writes): where it went outside the model (tokenizing, batching, reading,
+        saving), the command and the machine. A sweep rewrites it after every job (`ended` false), so a
+        process killed mid-sweep (a session's end, a crash) keeps its time up to its last finished job."""
         from dogetickets.machine import describe
 
+        if self._earlier is None:
+            self._earlier = process_history(read_json_or_none(self.layout.timing))
+        total = time.perf_counter() - self.started
+        parts = self._outside_parts()
+        outside = sum(parts.values())
         command = ["doge", *sys.argv[1:]] if Path(sys.argv[0]).name == "doge" else list(sys.argv)
         this = {"started": self.started_at, "total_seconds": total, "outside_model_seconds": outside,
-                "command": command}
+                "command": command, "ended": ended}
         share = {"total_seconds": total, "outside_model_seconds": outside,
                  "outside_model_share": outside / total if total else 0.0, **parts,
-                 "command": command, "machine": describe(),
-                 "processes": [*process_history(read_json_or_none(self.layout.timing)), this]}
-        self._say(f"time: {total:.0f}s, outside the model {outside:.1f}s ({share['outside_model_share']:.1%}: "
-                      + ", ".join(f"{k} {v:.1f}s" for k, v in parts.items()) + ")")
+                 "command": command, "machine": describe(), "processes": [*self._earlier, this]}
         write_json(self.layout.timing, share)
+        return share
+
+    def report_time(self) -> dict[str, Any]:
+        """Record this process's wall time as ended (`record_time`) and say where it went."""
+        share = self.record_time(ended=True)
+        parts = self._outside_parts()
+        self._say(f"time: {share['total_seconds']:.0f}s, outside the model {share['outside_model_seconds']:.1f}s "
+                  f"({share['outside_model_share']:.1%}: " + ", ".join(f"{k} {v:.1f}s" for k, v in parts.items())
+                  + ")")
         return share
 
     def analyze(self, seed: int, finetuned: Path | None = None) -> tuple[list[Path], dict[str, int]]:

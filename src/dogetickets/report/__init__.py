@@ -238,6 +238,15 @@ def _training(paths: list[str]) -> tuple[str, float]:
     return text, sum(known)
 
 
+def _processes_note(processes: list[dict[str, Any]]) -> str:
+    """' in 3 processes (1 not ended: up to its last finished job)' after a directory's summed wall time."""
+    cut = sum(p.get("ended") is False for p in processes)
+    note = f" in {len(processes)} processes" if len(processes) > 1 else ""
+    if cut:
+        note += f" ({cut} not ended: up to {'its' if cut == 1 else 'their'} last finished job)"
+    return note
+
+
 def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> None:
     import pandas as pd
 
@@ -248,8 +257,9 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
     doc.p(
         "From each run directory's timing.json. 'doge run total' is the wall time of the `doge run` processes "
         "that worked on the directory, summed (timing.json keeps one record per process, so a study resumed "
-        "over several sittings counts every sitting; a directory written before those records counts only "
-        "its last process, and baselines from an earlier `doge finetune` are not in it). 'outside the model': "
+        "over several sittings counts every sitting; a process that was killed or is still running counts up "
+        "to its last finished job; a directory written before those records counts only its last process, "
+        "and baselines from an earlier `doge finetune` are not in it). 'outside the model': "
         "reading, tokenizing, batching and saving, within that total. Training columns: the seconds recorded "
         "by each reported run (training with its dev evaluations), summed; scoring and ticket choice are not "
         "timed apart (they are in the process total)."
@@ -276,7 +286,7 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
             {
                 "run directory": name,
                 "doge run total": (
-                    _duration(float(total)) + (f" in {len(processes)} processes" if len(processes) > 1 else "")
+                    _duration(float(total)) + _processes_note(processes)
                     if isinstance(total, (int, float))
                     else "not recorded"
                 ),
