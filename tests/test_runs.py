@@ -232,12 +232,16 @@ def test_a_killed_sweep_keeps_its_wall_time_up_to_its_last_finished_job(copy, mo
         raise KeyboardInterrupt  # the session ends while random-s20 trains
 
     monkeypatch.setattr(pipeline, "train", killed)
+    calls = []
+    monkeypatch.setattr(pipeline.machine, "describe", lambda: calls.append(1) or {"git": f"call {len(calls)}"})
     pipe = _pipe(copy[0], out)
     with pytest.raises(KeyboardInterrupt):
         pipe.run()
     pipe._lock.release()
     cut = json.loads((out / "timing.json").read_text())["processes"]
     assert cut[0] == first[0] and cut[1]["ended"] is False and cut[1]["total_seconds"] > 0
+    # the machine and git commit as the process started (the code it runs), not as of each job's end
+    assert json.loads((out / "timing.json").read_text())["machine"] == {"git": "call 1"}
     monkeypatch.setattr(pipeline, "train", real)
     _run(copy[0], out)  # the next sitting: its record comes after the killed one's, which is kept
     after = json.loads((out / "timing.json").read_text())["processes"]

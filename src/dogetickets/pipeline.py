@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dogetickets import machine
 from dogetickets import methods as registry
 from dogetickets.config import Config
 from dogetickets.data.sources import Splits, load_splits
@@ -109,6 +110,8 @@ class Pipeline:
         self.started = time.perf_counter()
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self._earlier: list[dict[str, Any]] | None = None  # the earlier processes' timing records
+        # the machine and the code (git commit) this process started with, for its timing record
+        self._machine: dict[str, Any] = {} if worker else machine.describe()
         self.failed: dict[str, str] = {}  # run -> why, for the runs of a sweep that failed
         self._lock = RunLock(self.layout.lock)
         self._scores: dict[int, UnitScores] = {}  # per seed, once computed or read
@@ -812,8 +815,6 @@ class Pipeline:
         before this process first writes): where it went outside the model (tokenizing, batching, reading,
         saving), the command and the machine. A sweep rewrites it after every job (`ended` false), so a
         process killed mid-sweep (a session's end, a crash) keeps its time up to its last finished job."""
-        from dogetickets.machine import describe
-
         if self._earlier is None:
             self._earlier = process_history(read_json_or_none(self.layout.timing))
         total = time.perf_counter() - self.started
@@ -824,7 +825,7 @@ class Pipeline:
                 "command": command, "ended": ended}
         share = {"total_seconds": total, "outside_model_seconds": outside,
                  "outside_model_share": outside / total if total else 0.0, **parts,
-                 "command": command, "machine": describe(), "processes": [*self._earlier, this]}
+                 "command": command, "machine": self._machine, "processes": [*self._earlier, this]}
         write_json(self.layout.timing, share)
         return share
 
