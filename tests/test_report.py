@@ -651,3 +651,88 @@ def test_report_to_a_markdown_file_keeps_assets_beside_it(run_dir: Path, tmp_pat
     assert (tmp_path / "docs" / "study" / "table2.csv").is_file()
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md.read_text())
     assert links and all(link.startswith("study/") and (md.parent / link).is_file() for link in links)
+
+
+# (seed, method, target sparsity, lambda) -> (dev, #correct in Software, #correct in Movies); doge-global has
+# no 30% ticket in seed 1: the comparison's 'all' row and summary use only the cells both allocations have
+ALLOC_RUNS = {
+    (0, "winning-global", 0.1, None): (0.70, 10, 12),
+    (0, "winning-global", 0.3, None): (0.66, 8, 8),
+    (0, "winning-balanced", 0.1, None): (0.72, 14, 12),
+    (0, "winning-balanced", 0.3, None): (0.68, 12, 10),
+    (0, "doge-global", 0.1, 10.0): (0.71, 11, 11),
+    (0, "doge-global", 0.1, 100.0): (0.69, 20, 20),  # test-best, not dev-best: never the cell's run
+    (0, "doge-global", 0.3, 10.0): (0.65, 9, 9),
+    (0, "doge-balanced", 0.1, 10.0): (0.73, 13, 15),
+    (0, "doge-balanced", 0.3, 10.0): (0.67, 11, 11),
+    (1, "winning-global", 0.1, None): (0.70, 10, 10),
+    (1, "winning-global", 0.3, None): (0.64, 8, 6),
+    (1, "winning-balanced", 0.1, None): (0.74, 12, 12),
+    (1, "winning-balanced", 0.3, None): (0.66, 10, 10),
+    (1, "doge-global", 0.1, 10.0): (0.69, 12, 12),
+    (1, "doge-balanced", 0.1, 10.0): (0.71, 14, 14),
+    (1, "doge-balanced", 0.3, 10.0): (0.99, 20, 20),  # no doge-global partner: outside the common cells
+    (0, "random-global", 0.1, None): (0.50, 1, 1),  # random: in the table, not in the summary (no scores)
+    (0, "random-balanced", 0.1, None): (0.90, 19, 19),
+}
+
+
+def _alloc_run_dir(root: Path) -> Path:
+    for (seed, method, ts, lam), (dev, k1, k2) in ALLOC_RUNS.items():
+        name = f"{method}-s{round(ts * 100)}" + (f"-l{lam:g}" if lam is not None else "")
+        folder = root / f"seed{seed}" / "rewind" / name
+        write_run(folder, seed, name, dev, (k1, k2))
+        m = json.loads((folder / "metrics.json").read_text())
+        m["run"].update(method=method, target_sparsity=ts, sparsity=ts, **{"lambda": lam})
+        (folder / "metrics.json").write_text(json.dumps(m))
+        (folder / "ticket.json").write_text(json.dumps({"method": method, "allocation": method.split("-")[-1]}))
+    write_run(root / "seed0" / "erm", 0, "erm", 0.7, (10, 10))
+    write_run(root / "seed1" / "erm", 1, "erm", 0.7, (10, 10))
+    return root
+
+
+def test_allocations_compared_on_the_cells_every_allocation_has(tmp_path: Path) -> None:
+    from dogetickets.report import allocations
+
+    root = _alloc_run_dir(tmp_path / "alloc")
+    runs = load_runs(root)
+    assert set(runs.loc[runs["method"] == "erm", "allocation"]) == {""}
+    cells = allocations.cells(runs)
+    assert len(cells) == len(ALLOC_RUNS) - 1  # one doge-global cell has two lambdas: its dev-best run
+    cell = cells[(cells.base == "doge") & (cells.allocation == "global") & (cells.seed == 0)
+                 & (cells.target_sparsity == 0.1)]
+    assert cell["dev_score"].item() == 0.71 and cell["test_mean"].item() == pytest.approx(11 / N_TEST)
+
+    common = {  # (seed, base, sparsity) both allocations have, for winning and doge
+        (0, "winning", 0.1), (0, "winning", 0.3), (0, "doge", 0.1), (0, "doge", 0.3),
+        (1, "winning", 0.1), (1, "winning", 0.3), (1, "doge", 0.1)}
+    def mean(alloc: str, i: int) -> float:
+        vals = []
+        for (seed, method, ts, lam), v in ALLOC_RUNS.items():
+            base, _, a = method.rpartition("-")
+            if a == alloc and (seed, base, ts) in common and not (base == "doge" and lam == 100.0):
+                vals.append(v[0] if i == 0 else (v[1] + v[2]) / 2 / N_TEST)
+        assert len(vals) == len(common)
+        return sum(vals) / len(vals)
+
+    (line,) = allocations.summary(cells)
+    assert line == (
+        f"alloc: winning tickets, doge tickets at 10%/30%, 2 seeds, 7 cells per allocation; mean dev / test: "
+        f"global {mean('global', 0):.1%} / {mean('global', 1):.1%}, balanced {mean('balanced', 0):.1%} / "
+        f"{mean('balanced', 1):.1%}. Best on dev: balanced (on test too).")
+    t = allocations.table(cells)
+    assert list(t.columns) == ["dataset", "method", "sparsity", "seeds", "global", "balanced"]
+    assert list(t["method"].unique()) == ["random tickets", "winning tickets", "doge tickets"]
+    doge_all = t[(t.method == "doge tickets") & (t.sparsity == "all (common cells)")].iloc[0]
+    assert doge_all["global"] == f"{(0.71 + 0.65 + 0.69) / 3:.1%} / {(11 + 9 + 12) / 3 / N_TEST:.1%}"
+    doge_30 = t[(t.method == "doge tickets") & (t.sparsity == "30%")].iloc[0]
+    assert doge_30["balanced"] == f"{(0.67 + 0.99) / 2:.1%} / {(11 + 20) / 2 / N_TEST:.1%}"
+
+    md = write_report([root], out=tmp_path / "rep", n_boot=20).read_text()
+    sec = _section(md, "Ticket allocations compared")
+    assert line in sec and "| alloc | doge tickets | all (common cells) | 2 |" in sec
+    assert (tmp_path / "rep" / "allocations.csv").is_file()
+
+
+def test_no_allocation_section_without_allocation_variants(report: Path) -> None:
+    assert "Ticket allocations compared" not in report.read_text()

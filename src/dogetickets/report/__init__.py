@@ -213,6 +213,30 @@ def _summary(doc: _Doc, names: list[str], sel: Any, runs: Any, boot: Any) -> Non
         doc.items(overall)
 
 
+def _allocations(doc: _Doc, runs: Any, out: Path) -> None:
+    """The ticket allocations compared (report.allocations), where a method has runs under several."""
+    from dogetickets.io import atomic_write_text
+    from dogetickets.report import allocations
+
+    cells = allocations.cells(runs)
+    if cells.empty:
+        return
+    atomic_write_text(out / "allocations.csv", cells.to_csv(index=False))
+    doc.h(2, "Ticket allocations compared")
+    doc.p(
+        "How the pruned parameters are split between heads and FFN blocks (tickets.allocation: global = one "
+        "ranked list, a unit that would overshoot skipped; proportional = each kind loses the target share of "
+        "its parameters; balanced = half from heads, half from FFN blocks). Each cell: the dev-best run of a "
+        "method, target sparsity and seed (over lambdas), 'in-domain dev / unseen test mean', mean over "
+        "seeds; 'all' averages the cells every allocation has (allocations.csv). Dev is what a choice of "
+        "allocation may read; test is beside it."
+    )
+    doc.table(allocations.table(cells))
+    lines = allocations.summary(cells)
+    if lines:
+        doc.items(lines)
+
+
 def _duration(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds:.0f} s ({seconds / 3600:.2f} h)"
@@ -474,6 +498,7 @@ def write_report(
         doc.table(shown)
 
     _summary(doc, names, sel, runs, boot)
+    _allocations(doc, runs, out)
     _wall_time(doc, names, run_dirs, runs)
     _reproduce(doc, run_dirs, out_arg, n_boot, seed, title, commands)
 

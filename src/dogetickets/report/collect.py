@@ -40,6 +40,7 @@ ID_COLUMNS = [
     "target_sparsity",
     "sparsity",
     "lambda",
+    "allocation",
     "metric",
     "dev_score",
     "test_mean",
@@ -118,6 +119,16 @@ def _float(x: Any) -> float:
         return math.nan
 
 
+def _allocation(folder: Path) -> str:
+    """How a ticket run's pruned parameters were split between heads and FFN blocks (its ticket.json);
+    "" for a baseline or a ticket that does not say."""
+    try:
+        ticket = read_json(folder / "ticket.json")
+    except (OSError, json.JSONDecodeError):
+        return ""
+    return str(ticket.get("allocation") or "global") if isinstance(ticket, dict) else ""  # before: global
+
+
 def _row(dataset: str, seed: int, folder: Path) -> dict[str, Any]:
     path = folder / "metrics.json"
     try:
@@ -139,6 +150,7 @@ def _row(dataset: str, seed: int, folder: Path) -> dict[str, Any]:
         "target_sparsity": _float(run.get("target_sparsity", 0.0)),
         "sparsity": _float(run.get("sparsity", 0.0)),
         "lambda": _float(run.get("lambda")),
+        "allocation": _allocation(folder),
         "metric": str(m.get("metric", "accuracy")),
         "dev_score": _float(m["dev"].get("score")),
         "test_mean": math.nan,
@@ -171,7 +183,8 @@ def _row(dataset: str, seed: int, folder: Path) -> dict[str, Any]:
 def load_runs(run_dir: Path, dataset: str | None = None) -> pd.DataFrame:
     """One row per finished run of `run_dir`; a DogeError when there is none.
 
-    Columns: dataset, seed, method, name, objective, target_sparsity, sparsity, lambda, metric, dev_score,
+    Columns: dataset, seed, method, name, objective, target_sparsity, sparsity, lambda, allocation (tickets:
+    global, proportional or balanced; "" for baselines), metric, dev_score,
     test_mean, test_worst, path, then ``dev:<domain>`` and ``test:<domain>`` (NaN where a run has no test).
     """
     run_dir = Path(run_dir)
