@@ -576,6 +576,13 @@ def test_wall_time_and_machine(run_dir: Path, tmp_path: Path) -> None:
     cells = [c.strip() for c in row_a.strip("|").split("|")]
     assert cells == ["amazonA", "5400 s (1.50 h)", "54.0 s (1.0%)", "200 s (3.3 min) in 2 runs",
                      "160 s (2.7 min) in 4 runs; 12 without timing"]
+    # a ticket that took a twin's training (same units) costs nothing and is counted as such
+    (a / "seed0" / "rewind" / "winning-s10" / "timing.json").write_text(json.dumps({"seconds": 0.0,
+                                                                                   "trained_as": "doge-s30-l100"}))
+    sec = _section(write_report([a, b], out=tmp_path / "rep", n_boot=20).read_text(), "Wall time and machine")
+    (row_a,) = [x for x in sec.splitlines() if x.startswith("| amazonA |")]
+    assert row_a.split("|")[5].strip() == ("120 s (2.0 min) in 4 runs; 12 without timing; 1 of them took the "
+                                           "training of a run with the same units (trained_as)")
     (row_b,) = [x for x in sec.splitlines() if x.startswith("| amazonB |")]
     assert row_b.count("not recorded") == 3
     assert "Machine (amazonA):" in sec and "Machine not recorded: amazonB." in sec

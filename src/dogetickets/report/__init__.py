@@ -251,14 +251,16 @@ def _training(paths: list[str]) -> tuple[str, float]:
         return "-", 0.0
     from dogetickets.io import read_json_or_none
 
-    secs = [(read_json_or_none(Path(p) / "timing.json") or {}).get("seconds") for p in paths]
+    timings = [read_json_or_none(Path(p) / "timing.json") or {} for p in paths]
+    secs = [t.get("seconds") for t in timings]
     known = [float(x) for x in secs if isinstance(x, (int, float))]
     if not known:
         return "not recorded", 0.0
     missing = len(paths) - len(known)
+    twins = sum(bool(t.get("trained_as")) for t in timings)
     text = f"{_duration(sum(known))} in {len(known)} run{'s' if len(known) != 1 else ''}" + (
         f"; {missing} without timing" if missing else ""
-    )
+    ) + (f"; {twins} of them took the training of a run with the same units (trained_as)" if twins else "")
     return text, sum(known)
 
 
