@@ -435,6 +435,14 @@ def test_report_several_datasets(run_dir: Path, tmp_path: Path) -> None:
         "Average sparsity",
         "Average oracle (test-selected)",
     } <= set(t2.columns)
+    erm = t2[t2["Model"] == "ERM (fine-tuning)"].iloc[0]
+    assert erm["Average score"] == f"{(float(erm['amazonA'].split()[0]) + float(erm['amazonB'].split()[0])) / 2:.1f}"
+    # a method run on one dataset only (the study's allocation variants: Amazon A) has no average
+    runs_a_only = load_all([run_dir, other])
+    runs_a_only = runs_a_only[~((runs_a_only["dataset"] == "amazonB") & (runs_a_only["method"] == "random"))]
+    random_row = table2(runs_a_only).set_index("Model").loc["random tickets"]
+    assert random_row["amazonB"] == "-" and random_row["amazonA"] != "-"
+    assert random_row["Average score"] == "-" and random_row["Average sparsity"] == "-"
     md = write_report([run_dir, other], out=tmp_path / "both", n_boot=50)
     assert "amazonB" in md.read_text()
     tr = pd.read_csv(tmp_path / "both" / "transitions.csv")

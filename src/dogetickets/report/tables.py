@@ -98,10 +98,12 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
             row[d] = fmt_mean_std(r.test_mean, r.test_std)
             means.append(r.test_mean)
             sparsities.append(r.sparsity_mean)
+        # averages only over every dataset: a method run on some of them is not averaged beside the others
+        whole = len(means) == len(datasets)
         row["Average score"] = (
-            pct(float(np.mean(means))) if means and not any(map(math.isnan, means)) else "-"
+            pct(float(np.mean(means))) if whole and not any(map(math.isnan, means)) else "-"
         )
-        row["Average sparsity"] = f"{pct(float(np.mean(sparsities)))}%" if sparsities else "-"
+        row["Average sparsity"] = f"{pct(float(np.mean(sparsities)))}%" if whole else "-"
         for col, d in zip(oracle_cols, datasets, strict=False):
             o = summary[(summary.dataset == d) & (summary.method == method) & (summary.selection == "oracle")]
             if o.empty:
