@@ -24,6 +24,8 @@ def test_registry_variants_and_unknown_names():
     d = methods.get("doge-balanced")
     assert (d.ranking, d.allocation, d.uses_lambda) == ("domain_general", "balanced", True)
     assert methods.get("doge-nc-proportional").variance_for("paper") == "corrected"
+    assert d.label == "doge tickets (balanced)"  # labels: one parenthesis for the variant and its allocation
+    assert methods.get("doge-nc-balanced").label == "doge tickets (noise-corrected var., balanced)"
     assert methods.get("doge-balanced").variance_for("corrected") == "corrected"
     assert methods.get("winning").allocation_for("balanced") == "balanced"
     assert methods.get("winning-global").allocation_for("balanced") == "global"

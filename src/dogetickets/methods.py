@@ -111,7 +111,8 @@ def get(name: str) -> Method:
     base, alloc = _split_allocation(name)
     if alloc is not None and base in _REGISTERED and _REGISTERED[base].is_ticket:
         m = _REGISTERED[base]
-        return replace(m, name=name, label=f"{m.label} ({alloc})", allocation=alloc)
+        label = f"{m.label[:-1]}, {alloc})" if m.label.endswith(")") else f"{m.label} ({alloc})"
+        return replace(m, name=name, label=label, allocation=alloc)
     raise KeyError(f"unknown method {name!r}: one of {', '.join(_REGISTERED)}, or a ticket method with an "
                    f"allocation suffix ({', '.join('-' + a for a in ALLOCATIONS)})")
 
