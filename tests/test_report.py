@@ -751,3 +751,9 @@ def test_allocations_compared_on_the_cells_every_allocation_has(tmp_path: Path) 
 
 def test_no_allocation_section_without_allocation_variants(report: Path) -> None:
     assert "Ticket allocations compared" not in report.read_text()
+
+
+def test_points_that_round_to_zero_have_no_minus_sign() -> None:
+    from dogetickets.report import _pct
+
+    assert [_pct(-0.0001, True), _pct(-0.0001), _pct(-0.0006, True), _pct(0.123)] == ["+0.0", "0.0", "-0.1", "12.3"]

@@ -109,7 +109,10 @@ class _Doc:
 def _pct(x: float, signed: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return ""
-    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
+    text = f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
+    if text.lstrip("+-") == "0.0":  # a difference that rounds to zero has no sign: never "-0.0"
+        return "+0.0" if signed else "0.0"
+    return text
 
 
 def _comparisons(sel: Any, boot: Any) -> list[tuple[str, str]]:
