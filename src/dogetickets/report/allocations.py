@@ -63,7 +63,7 @@ def table(c: pd.DataFrame) -> pd.DataFrame:
     allocs = [a for a in registry.ALLOCATIONS if a in set(c["allocation"])]
     rows = []
     for (dataset, base), g in c.groupby(["dataset", "base"], sort=False):
-        common = _common(g.assign(dataset=dataset))
+        common = _common(g)
         for sp, gs in [*g.groupby("target_sparsity"), ("all", common)]:
             row = {"dataset": dataset, "method": registry.label(base),
                    "sparsity": f"{sp:.0%}" if sp != "all" else "all (common cells)",
@@ -94,14 +94,16 @@ def summary(c: pd.DataFrame) -> list[str]:
         means = common.groupby("allocation")[["dev_score", "test_mean"]].mean()
         allocs = [a for a in registry.ALLOCATIONS if a in means.index]
         best_dev = max(allocs, key=lambda a: means.loc[a, "dev_score"])
-        best_test = max(allocs, key=lambda a: means.loc[a, "test_mean"])
+        tested = [a for a in allocs if not math.isnan(means.loc[a, "test_mean"])]
+        best_test = max(tested, key=lambda a: means.loc[a, "test_mean"]) if len(tested) == len(allocs) else None
         bases = ", ".join(registry.label(b) for b in registry.ordered(common["base"]))
         sparsities = "/".join(f"{s:.0%}" for s in sorted(common["target_sparsity"].unique()))
         per = ", ".join(f"{a} {means.loc[a, 'dev_score']:.1%} / {_pct(means.loc[a, 'test_mean'])}" for a in allocs)
         lines.append(
             f"{dataset}: {bases} at {sparsities}, {_n(common['seed'].nunique(), 'seed')}, {len(common) // len(allocs)} "
             f"cells per allocation; mean dev / test: {per}. Best on dev: {best_dev}"
-            + (f" (on test: {best_test})." if best_test != best_dev else " (on test too).")
+            + ("." if best_test is None else f" (on test: {best_test})." if best_test != best_dev
+               else " (on test too).")
         )
     return lines
 
