@@ -595,7 +595,7 @@ def test_wall_time_and_machine(run_dir: Path, tmp_path: Path) -> None:
     assert row_b.count("not recorded") == 3
     assert "Machine (amazonA):" in sec and "Machine not recorded: amazonB." in sec
     for needle in ("- CPU: Test CPU 9000", "- logical cores: 8", "- torch threads: 4", "- RAM (GiB): 31.2",
-                   "- CUDA devices: none", "- git commit: abc1234+dirty"):
+                   "- CUDA devices: none", "- amazonA: abc1234+dirty", "- amazonB: not recorded"):
         assert needle in sec, needle
     assert "exceed the recorded process total" not in sec
     # the same machine in both: one list for all; more training recorded than the process lasted is flagged
@@ -617,6 +617,13 @@ def test_wall_time_and_machine(run_dir: Path, tmp_path: Path) -> None:
     sec = _section(write_report([a, b], out=tmp_path / "rep", n_boot=20).read_text(), "Wall time and machine")
     (row_a,) = [x for x in sec.splitlines() if x.startswith("| amazonA |")]
     assert row_a.split("|")[2].strip() == "5400 s (1.50 h) in 2 processes (1 not ended: up to its last finished job)"
+    # the same machine, other code: one machine list; each directory's commits, per process, oldest first
+    processes[0]["git"], processes[1]["git"] = "1111111", "2222222"
+    (a / "timing.json").write_text(json.dumps({"total_seconds": 1800.0, "machine": desc, "processes": processes}))
+    (b / "timing.json").write_text(json.dumps({"total_seconds": 60.0, "machine": {**desc, "git": "3333333"}}))
+    sec = _section(write_report([a, b], out=tmp_path / "rep", n_boot=20).read_text(), "Wall time and machine")
+    assert sec.count("Machine (all run directories):") == 1 and "- git commit:" not in sec
+    assert "- amazonA: 1111111, 2222222\n- amazonB: 3333333" in sec
 
 
 def test_reproduce_generated_and_given(run_dir: Path, tmp_path: Path) -> None:

@@ -822,7 +822,7 @@ class Pipeline:
         outside = sum(parts.values())
         command = ["doge", *sys.argv[1:]] if Path(sys.argv[0]).name == "doge" else list(sys.argv)
         this = {"started": self.started_at, "total_seconds": total, "outside_model_seconds": outside,
-                "command": command, "ended": ended}
+                "command": command, "ended": ended, "git": self._machine.get("git")}
         share = {"total_seconds": total, "outside_model_seconds": outside,
                  "outside_model_share": outside / total if total else 0.0, **parts,
                  "command": command, "machine": self._machine, "processes": [*self._earlier, this]}

@@ -296,6 +296,7 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
     rows: list[dict[str, str]] = []
     machines: dict[str, tuple[dict, list[str]]] = {}
     unrecorded: list[str] = []
+    commits: dict[str, list[str]] = {}
     earlier: list[str] = []  # more training recorded than the last process lasted
     for name, d in zip(names, run_dirs, strict=True):
         timing = read_json_or_none(d / "timing.json")
@@ -330,9 +331,11 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
         )
         desc = timing.get("machine")
         if isinstance(desc, dict) and desc:
+            desc = {k: v for k, v in desc.items() if k != "git"}  # the code: per process, below
             machines.setdefault(json.dumps(desc, sort_keys=True, default=str), (desc, []))[1].append(name)
         else:
             unrecorded.append(name)
+        commits[name] = _commits(timing, processes)
     doc.table(pd.DataFrame(rows))
     if earlier:
         doc.p(
@@ -345,6 +348,19 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
         doc.items(machine.lines(desc))
     if unrecorded:
         doc.p(f"Machine not recorded: {', '.join(unrecorded)}.")
+    if any(commits.values()):
+        doc.p("The code (git commit; '+dirty': uncommitted changes) each directory's processes ran, oldest "
+              "first:")
+        doc.items([f"{name}: {', '.join(c) if c else 'not recorded'}" for name, c in commits.items()])
+
+
+def _commits(timing: dict[str, Any], processes: list[dict[str, Any]]) -> list[str]:
+    """The distinct git commits of a directory's `doge run` processes, oldest first: each process record's,
+    or, for records written before they held one, the last process's from its machine description."""
+    last = (timing.get("machine") or {}).get("git") if isinstance(timing.get("machine"), dict) else None
+    found = [p.get("git") for p in processes] or [None]
+    found[-1] = found[-1] or last
+    return list(dict.fromkeys(str(c) for c in found if c))
 
 
 def _recorded_command(run_dir: Path) -> str | None:
