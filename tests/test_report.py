@@ -764,3 +764,23 @@ def test_points_that_round_to_zero_have_no_minus_sign() -> None:
     from dogetickets.report import _pct
 
     assert [_pct(-0.0001, True), _pct(-0.0001), _pct(-0.0006, True), _pct(0.123)] == ["+0.0", "0.0", "-0.1", "12.3"]
+
+
+def test_report_of_some_seeds_reads_only_them(run_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dogetickets.cli import app
+    from dogetickets.report.collect import seed_dirs
+
+    out = tmp_path / "rep"
+    res = CliRunner().invoke(app, ["report", str(run_dir), "--out", str(out), "--n-boot", "20", "--seeds", "1",
+                                   "-q"])
+    assert res.exit_code == 0, res.output
+    md = (out / "report.md").read_text()
+    assert "seeds [1]" in md and "Seeds reported: 1 (`--seeds`)" in md
+    assert set(pd.read_csv(out / "runs.csv")["seed"]) == {1}
+    assert set(pd.read_csv(out / "bootstrap.csv")["seed"].astype(str)) <= {"1", "mean"}
+    doge = table2(load_runs(run_dir)[lambda r: r["seed"] == 1]).set_index("Model").loc["doge tickets", "amazonA"]
+    assert f"| doge tickets | {doge} |" in md
+    assert "--seeds 1" in _section(md, "Reproduce")
+    assert [s for s, _ in seed_dirs(run_dir)] == [0, 1]  # the filter ends with the report

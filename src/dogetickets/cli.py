@@ -198,13 +198,17 @@ def report(
     command: Annotated[list[str] | None, typer.Option(
         "--command", help="A command that reproduces the report, shown verbatim under 'Reproduce' (repeatable, "
         "in order; default: generated from the run directories)")] = None,
+    seeds: Annotated[list[int] | None, typer.Option(
+        "--seeds", help="Report only this seed's runs (repeatable; default: every seed), e.g. the seeds a "
+        "running study has finished")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """report.md/.html, CSVs and figures: Table 2 (dev-selected), paired bootstrap, summary, wall time and
     machine, the commands that reproduce it, transitions, lambda, scores."""
     from dogetickets.report import write_report
 
-    path = write_report(run_dirs, out=out, n_boot=n_boot, seed=seed, title=title, commands=command)
+    path = write_report(run_dirs, out=out, n_boot=n_boot, seed=seed, title=title, commands=command,
+                        seeds=seeds or None)
     if not quiet:
         typer.echo(path.read_text(encoding="utf-8"))
     typer.echo(f"report: {path} (and {path.with_suffix('.html')})")

@@ -384,7 +384,7 @@ def _recorded_command(run_dir: Path) -> str | None:
 
 def _reproduce(
     doc: _Doc, run_dirs: list[Path], out: Path | None, n_boot: int, seed: int, title: str,
-    commands: list[str] | None,
+    commands: list[str] | None, seeds: list[int] | None = None,
 ) -> None:
     doc.h(2, "Reproduce")
     if commands:
@@ -401,6 +401,8 @@ def _reproduce(
     if out is not None:
         report += ["--out", str(out)]
     report += ["--n-boot", str(n_boot), "--seed", str(seed)]
+    for k in seeds or []:
+        report += ["--seeds", str(k)]
     if title != DEFAULT_TITLE:
         report += ["--title", title]
     doc.code([*lines, shlex.join(report)])
@@ -413,6 +415,7 @@ def write_report(
     seed: int = 0,
     title: str = DEFAULT_TITLE,
     commands: list[str] | None = None,
+    seeds: list[int] | None = None,
 ) -> Path:
     """Write report.md, report.html, CSVs and figures for the given run directories (one per dataset).
 
@@ -421,9 +424,25 @@ def write_report(
     the report's heading and HTML title. `commands`,
     when given, are shown verbatim as the commands that reproduce the report; otherwise they are generated
     (`doge run` of each directory's config.toml, or of the original config when timing.json records it, and
-    this `doge report`). Returns the path of report.md. A DogeError (one line) when a directory is missing
-    or has no finished run.
+    this `doge report`). `seeds`: report only these seeds (e.g. those a running study has finished; every
+    table, figure and diagnostic reads only them; the wall time stays the directories' whole). Returns the
+    path of report.md. A DogeError (one line) when a directory is missing or has no finished run.
     """
+    from dogetickets.report.collect import only_seeds
+
+    with only_seeds(seeds):
+        return _write_report(run_dirs, out, n_boot, seed, title, commands, seeds)
+
+
+def _write_report(
+    run_dirs: list[Path],
+    out: Path | None,
+    n_boot: int,
+    seed: int,
+    title: str,
+    commands: list[str] | None,
+    seeds: list[int] | None,
+) -> Path:
     import pandas as pd
 
     from dogetickets.errors import DogeError
@@ -456,6 +475,9 @@ def write_report(
             f"{name} ({metric}): {d} — {len(sub)} finished runs ({per}); seeds {sorted(set(sub['seed']))}"
         )
     doc.items(inputs)
+    if seeds is not None:
+        doc.p(f"Seeds reported: {', '.join(map(str, sorted(set(seeds))))} (`--seeds`); the other seeds' runs are "
+              "left out of every table, figure and diagnostic, not of the wall time (the directories' whole).")
     if runs["test_mean"].isna().all():
         doc.p("No run has test numbers: test columns, figures over test and the bootstrap are empty.")
 
@@ -521,7 +543,7 @@ def write_report(
     _summary(doc, names, sel, runs, boot)
     _allocations(doc, runs, out)
     _wall_time(doc, names, run_dirs, runs)
-    _reproduce(doc, run_dirs, out_arg, n_boot, seed, title, commands)
+    _reproduce(doc, run_dirs, out_arg, n_boot, seed, title, commands, seeds)
 
     doc.h(2, "Figures")
     png = figures.plot_transitions(runs, out)

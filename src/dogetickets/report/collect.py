@@ -18,7 +18,8 @@ import json
 import math
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +69,28 @@ def dataset_names(run_dirs: list[Path]) -> list[str]:
     return out
 
 
+_ONLY_SEEDS: list[frozenset[int] | None] = [None]  # set by only_seeds(): the seeds a report reads
+
+
+@contextmanager
+def only_seeds(seeds: Iterable[int] | None) -> Iterator[None]:
+    """Within the block, every reader of seed folders (the runs table, scores, diagnostics, figures) sees
+    only these seeds (None: all). For a report of some seeds of a study still running."""
+    before = _ONLY_SEEDS[0]
+    _ONLY_SEEDS[0] = None if seeds is None else frozenset(int(s) for s in seeds)
+    try:
+        yield
+    finally:
+        _ONLY_SEEDS[0] = before
+
+
 def seed_dirs(run_dir: Path) -> list[tuple[int, Path]]:
-    """The ``seed<k>`` folders of a run directory, by seed."""
+    """The ``seed<k>`` folders of a run directory, by seed (those of `only_seeds`, inside its block)."""
     found = []
+    wanted = _ONLY_SEEDS[0]
     for child in Path(run_dir).iterdir() if Path(run_dir).is_dir() else []:
         m = _SEED_RE.match(child.name)
-        if m and child.is_dir():
+        if m and child.is_dir() and (wanted is None or int(m.group(1)) in wanted):
             found.append((int(m.group(1)), child))
     return sorted(found)
 
