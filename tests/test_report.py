@@ -624,6 +624,10 @@ def test_wall_time_and_machine(run_dir: Path, tmp_path: Path) -> None:
     sec = _section(write_report([a, b], out=tmp_path / "rep", n_boot=20).read_text(), "Wall time and machine")
     assert sec.count("Machine (all run directories):") == 1 and "- git commit:" not in sec
     assert "- amazonA: 1111111, 2222222\n- amazonB: 3333333" in sec
+    del processes[0]["git"]  # a record written before records held their commit
+    (a / "timing.json").write_text(json.dumps({"total_seconds": 1800.0, "machine": desc, "processes": processes}))
+    sec = _section(write_report([a, b], out=tmp_path / "rep", n_boot=20).read_text(), "Wall time and machine")
+    assert "- amazonA: 1 process not recorded, 2222222\n" in sec
 
 
 def test_reproduce_generated_and_given(run_dir: Path, tmp_path: Path) -> None:

@@ -360,7 +360,9 @@ def _commits(timing: dict[str, Any], processes: list[dict[str, Any]]) -> list[st
     last = (timing.get("machine") or {}).get("git") if isinstance(timing.get("machine"), dict) else None
     found = [p.get("git") for p in processes] or [None]
     found[-1] = found[-1] or last
-    return list(dict.fromkeys(str(c) for c in found if c))
+    unknown = sum(not c for c in found)
+    known = list(dict.fromkeys(str(c) for c in found if c))
+    return ([f"{unknown} process{'es' if unknown > 1 else ''} not recorded"] if unknown and known else []) + known
 
 
 def _recorded_command(run_dir: Path) -> str | None:
