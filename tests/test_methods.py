@@ -171,6 +171,10 @@ def test_variants_and_lambda_chosen_on_dev(tmp_path, data_dir):
         assert list(table["chosen"]) == [tickets["doge-s30"].lam, tickets["doge-nc-proportional-s30"].lam]
         recorded = tickets["doge-s30"].extra["lambda_choice"]["dev_score"]
         assert table.loc[0, "dev λ=100"] == pytest.approx(recorded["100"])
+        from dogetickets.report.collect import only_seeds
+
+        with only_seeds([1]):  # `doge report --seeds 1`: this directory's seed 0 is not read
+            assert lambda_choice(tmp_path / "run").empty
         rows = {r["method"]: r for r in results["rows"]}
         assert set(rows) == {"erm", "random-proportional", "winning-balanced", "doge", "doge-nc-proportional"}
         assert rows["doge"]["row"].startswith("doge 30% (dev-chosen λ:") and rows["doge"]["lambda"] is None

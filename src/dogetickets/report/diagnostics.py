@@ -365,14 +365,12 @@ def lambda_choice(run_dir: Path | str) -> pd.DataFrame:
     and target sparsity, the in-domain dev score of the fine-tuned model with each candidate lambda's
     ticket removed (no retraining), and the lambda chosen. Empty when no ticket chose its lambda on dev."""
     rows: list[dict[str, Any]] = []
-    for seed_dir in sorted(Path(run_dir).glob("seed*")):
-        if not seed_dir.name[4:].isdigit():
-            continue
+    for seed, seed_dir in seed_dirs(Path(run_dir)):
         for t in _load_tickets(seed_dir / "tickets"):
             choice = t.extra.get("lambda_choice") if isinstance(t.extra, dict) else None
             if not isinstance(choice, dict) or not isinstance(choice.get("dev_score"), dict):
                 continue
-            row: dict[str, Any] = {"seed": int(seed_dir.name[4:]), "method": t.method,
+            row: dict[str, Any] = {"seed": seed, "method": t.method,
                                    "target_sparsity": float(t.target_sparsity), "chosen": _lam(choice.get("chosen"))}
             row.update({f"dev λ={k}": float(v) for k, v in choice["dev_score"].items()})
             rows.append(row)
