@@ -117,6 +117,11 @@ def get(name: str) -> Method:
                    f"allocation suffix ({', '.join('-' + a for a in ALLOCATIONS)})")
 
 
+def base(name: str) -> str:
+    """The method without its allocation suffix (doge-balanced -> doge; doge -> doge)."""
+    return _split_allocation(name)[0]
+
+
 def is_known(name: str) -> bool:
     try:
         get(name)

@@ -20,12 +20,6 @@ from dogetickets.report.select import select_dev, with_test
 CELL = ("dataset", "base", "target_sparsity", "seed")
 
 
-def _base(method: str) -> str:
-    """The method without its allocation suffix (doge-balanced -> doge)."""
-    alloc = registry.get(method).allocation if registry.is_known(method) else None
-    return method[: -len(alloc) - 1] if alloc and method.endswith("-" + alloc) else method
-
-
 def cells(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, base method, target sparsity, seed, allocation) of the ticket methods that
     have runs under two or more allocations: the dev-best run of the cell (over lambdas), with its test
@@ -38,7 +32,7 @@ def cells(runs: pd.DataFrame) -> pd.DataFrame:
     t = runs[ticket & (runs["allocation"].astype(str) != "")]
     if t.empty:
         return pd.DataFrame(columns=cols)
-    t = t.assign(base=t["method"].map(_base))
+    t = t.assign(base=t["method"].map(registry.base))
     several = t.groupby(["dataset", "base"])["allocation"].transform("nunique") > 1
     t = t[several]
     if t.empty:
