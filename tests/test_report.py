@@ -18,7 +18,14 @@ from dogetickets.report import write_report
 from dogetickets.report.collect import load_all, load_runs
 from dogetickets.report.figures import plot_lambda, plot_pilot, plot_scores, plot_transitions
 from dogetickets.report.select import select_dev, select_oracle
-from dogetickets.report.stats import bootstrap_table, example_stats, metric_from_sums, paired_bootstrap
+from dogetickets.report.stats import (
+    ALL_DATASETS,
+    bootstrap_over_datasets,
+    bootstrap_table,
+    example_stats,
+    metric_from_sums,
+    paired_bootstrap,
+)
 from dogetickets.report.tables import summarize, table2
 
 TEST_DOMAINS = ("Software", "Movies")
@@ -327,6 +334,68 @@ def test_bootstrap_clear_difference_is_significant(run_dir: Path) -> None:
     assert res["p_value"] < 0.01 and res["ci_low"] > 0
 
 
+def _pair_of_runs(root: Path, domains: tuple[str, ...], rng: np.random.Generator, n: int = 200) -> tuple[Path, Path]:
+    """Two runs on the same test examples of `domains`: A right 75% of the time, B 65%."""
+    a = _accuracy_run(root / "a", {d: list(rng.random(n) < 0.75) for d in domains})
+    b = _accuracy_run(root / "b", {d: list(rng.random(n) < 0.65) for d in domains})
+    return a, b
+
+
+def test_bootstrap_over_datasets_is_the_mean_of_the_datasets(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    ds1 = [_pair_of_runs(tmp_path / "d1" / f"s{k}", ("x", "y"), rng) for k in range(2)]  # two seeds
+    ds2 = [_pair_of_runs(tmp_path / "d2", ("z",), rng)]
+    one = [paired_bootstrap(ds, n_boot=200, seed=0) for ds in (ds1, ds2)]
+    both = bootstrap_over_datasets([(ds1, "accuracy"), (ds2, "accuracy")], n_boot=2000, seed=0)
+    for key in ("diff", "a", "b"):
+        assert both[key] == pytest.approx((one[0][key] + one[1][key]) / 2)
+    assert both["ci_low"] < both["diff"] < both["ci_high"] and both["n_examples"] == 600
+
+
+def test_bootstrap_over_datasets_draws_a_shared_test_domain_once(tmp_path: Path) -> None:
+    """Two datasets evaluating the same examples of a domain (another split of the same data): one draw
+    per replicate for both. A dataset averaged with an exact copy of itself then has its own CI to the
+    bit; had they been drawn independently, the CI would be about 1/sqrt(2) as wide."""
+    rng = np.random.default_rng(4)
+    ds = [_pair_of_runs(tmp_path / "d1", ("x", "y"), rng)]
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "d1", copy)
+    alone = paired_bootstrap(ds, n_boot=1000, seed=0)
+    twice = bootstrap_over_datasets([(ds, "accuracy"), ([(copy / "a", copy / "b")], "accuracy")], n_boot=1000)
+    for key in ("diff", "ci_low", "ci_high", "p_value"):
+        assert twice[key] == pytest.approx(alone[key], abs=1e-12)
+    assert twice["n_examples"] == alone["n_examples"] == 400
+    # the same domains with other examples (other gold labels) are other populations: drawn independently
+    other = [_pair_of_runs(tmp_path / "d3", ("x", "y"), np.random.default_rng(5))]
+    for run in other[0]:
+        lines = [json.loads(x) for x in (run / "predictions.jsonl").read_text().splitlines()]
+        for r in lines[::3]:
+            r["gold"] = r["pred"] = 2  # another label set of examples, correctness unchanged
+        (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    apart = bootstrap_over_datasets([(ds, "accuracy"), (other, "accuracy")], n_boot=2000, seed=0)
+    widths = [x["ci_high"] - x["ci_low"] for x in (paired_bootstrap(ds, n_boot=2000), apart)]
+    assert apart["n_examples"] == 800 and 0.55 < widths[1] / widths[0] < 0.9
+
+
+def test_bootstrap_table_over_datasets_rows(run_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "amazonB"
+    shutil.copytree(run_dir, other)
+    _add_doge_nc(other)  # doge-nc on B only: no row over datasets
+    sel = select_dev(load_all([run_dir, other]))
+    boot = bootstrap_table(sel, n_boot=300, seed=0)
+    over = boot[boot.dataset == ALL_DATASETS].set_index("comparison")
+    assert set(over.index) == {"doge - erm", "doge - winning"}
+    assert set(over["seed"]) == {"mean"}
+    for comp, row in over.iterrows():
+        per = boot[(boot.comparison == comp) & (boot.seed == "mean") & (boot.dataset != ALL_DATASETS)]
+        assert len(per) == 2 and row["diff"] == pytest.approx(per["diff"].mean())
+        # B is a copy of A: the same examples, drawn together, so the same CI as A alone
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((per["ci_low"].iloc[0], per["ci_high"].iloc[0]))
+    assert set(boot[boot.dataset == "amazonB"].comparison) >= {"doge-nc - erm"}
+    one = bootstrap_table(select_dev(load_all([run_dir])), n_boot=300, seed=0)
+    assert ALL_DATASETS not in set(one.dataset)
+
+
 def test_entity_f1_counts_match_seqeval_strict() -> None:
     from seqeval.metrics import f1_score
     from seqeval.scheme import IOB2
@@ -546,8 +615,11 @@ def test_summary_numbers(run_dir: Path, tmp_path: Path) -> None:
     assert "doge - erm" in boot.index
     # overall: mean over datasets of the per-dataset means; seeds ahead counted over both datasets
     overall_erm = statistics.mean([statistics.mean(da), statistics.mean(db)])  # +5.625
+    both = pd.read_csv(tmp_path / "rep" / "bootstrap.csv")
+    both = both[both.dataset == ALL_DATASETS].set_index("comparison").loc["doge - erm"]
     assert line(overall, "doge tickets - ERM (fine-tuning)").endswith(
-        f"{100 * overall_erm:+.1f} points (mean over 2 datasets; 3 of 4 seeds ahead)"
+        f"{100 * overall_erm:+.1f} points (mean over 2 datasets; 3 of 4 seeds ahead; pooled bootstrap 95% CI "
+        f"[{100 * both.ci_low:+.1f}, {100 * both.ci_high:+.1f}], p = {both.p_value:.3f})"
     )
     assert line(overall, "doge tickets (noise-corrected var.) - ERM (fine-tuning)").endswith(
         f"{pts(dnc)} (mean over 1 of 2 datasets; 2 of 2 seeds ahead)"

@@ -142,13 +142,10 @@ def _seed_diffs(dataset: str, a: str, b: str, chosen: Any, boot: Any) -> tuple[l
     present, else from the chosen runs' test means (seeds where both have one)."""
     rows = boot[(boot["dataset"] == dataset) & (boot["comparison"] == f"{a} - {b}")]
     per = rows[rows["seed"].astype(str) != "mean"]
-    pooled: dict[str, float] = {}
+    mean_row = rows[rows["seed"].astype(str) == "mean"]
+    pooled = {k: float(mean_row[k].iloc[0]) for k in ("ci_low", "ci_high", "p_value")} if len(mean_row) else {}
     if not per.empty:
-        diffs = [float(d) for d in per["diff"] if not math.isnan(float(d))]
-        mean_row = rows[rows["seed"].astype(str) == "mean"]
-        if not mean_row.empty:
-            pooled = {k: float(mean_row[k].iloc[0]) for k in ("ci_low", "ci_high", "p_value")}
-        return diffs, pooled
+        return [float(d) for d in per["diff"] if not math.isnan(float(d))], pooled
     sub = chosen[chosen["dataset"] == dataset]
     ta = sub[sub["method"] == a].set_index("seed")["test_mean"]
     tb = sub[sub["method"] == b].set_index("seed")["test_mean"]
@@ -162,10 +159,18 @@ def _ahead(diffs: list[float]) -> str:
     return f"{k} of {n} seed{'s' if n != 1 else ''} ahead" + (f", {tied} tied" if tied else "")
 
 
+def _ci(pooled: dict[str, float]) -> str:
+    if not pooled:
+        return ""
+    lo, hi = _pct(pooled["ci_low"], True), _pct(pooled["ci_high"], True)
+    return f"; pooled bootstrap 95% CI [{lo}, {hi}], p = {pooled['p_value']:.3f}"
+
+
 def _summary(doc: _Doc, names: list[str], sel: Any, runs: Any, boot: Any) -> None:
     from dogetickets.methods import label
     from dogetickets.report.collect import metric_label
     from dogetickets.report.select import with_test
+    from dogetickets.report.stats import ALL_DATASETS
 
     doc.h(2, "Summary")
     chosen = with_test(sel, runs)
@@ -180,13 +185,7 @@ def _summary(doc: _Doc, names: list[str], sel: Any, runs: Any, boot: Any) -> Non
                 continue
             mean = sum(diffs) / len(diffs)
             found.setdefault((a, b), []).append((mean, diffs))
-            ci = ""
-            if pooled:
-                ci = (
-                    f"; pooled bootstrap 95% CI [{_pct(pooled['ci_low'], True)}, {_pct(pooled['ci_high'], True)}], "
-                    f"p = {pooled['p_value']:.3f}"
-                )
-            lines.append(f"{label(a)} - {label(b)}: {_pct(mean, True)} points ({_ahead(diffs)}{ci})")
+            lines.append(f"{label(a)} - {label(b)}: {_pct(mean, True)} points ({_ahead(diffs)}{_ci(pooled)})")
         if lines:
             metric = metric_label(str(runs.loc[runs["dataset"] == name, "metric"].iloc[0]))
             sections.append((f"{name} ({metric})", lines))
@@ -197,7 +196,12 @@ def _summary(doc: _Doc, names: list[str], sel: Any, runs: Any, boot: Any) -> Non
         "Test mean of each method's dev-selected configuration minus the baseline's, in points (percentage "
         "points of the dataset's metric): the mean over seeds of the per-seed differences (the bootstrap's "
         "pooled row, where it was computed); 'ahead' counts the seeds with a positive difference."
-        + (" Overall: the mean over datasets of those means." if len(names) > 1 else "")
+        + (
+            " Overall: the mean over datasets of those means, with the bootstrap of that mean (all datasets "
+            "resampled at once) where the comparison was made on every dataset."
+            if len(names) > 1
+            else ""
+        )
     )
     for title, lines in sections:
         doc.h(3, title)
@@ -208,9 +212,10 @@ def _summary(doc: _Doc, names: list[str], sel: Any, runs: Any, boot: Any) -> Non
             means = [m for m, _ in per]
             diffs = [d for _, ds in per for d in ds]
             where = f"{len(per)} datasets" if len(per) == len(names) else f"{len(per)} of {len(names)} datasets"
+            _, pooled = _seed_diffs(ALL_DATASETS, a, b, chosen, boot)
             overall.append(
                 f"{label(a)} - {label(b)}: {_pct(sum(means) / len(means), True)} points "
-                f"(mean over {where}; {_ahead(diffs)})"
+                f"(mean over {where}; {_ahead(diffs)}{_ci(pooled)})"
             )
         doc.h(3, "Overall (mean over datasets)")
         doc.items(overall)
