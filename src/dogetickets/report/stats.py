@@ -186,7 +186,11 @@ def paired_bootstrap(
     Returns {"diff", "ci_low", "ci_high", "p_value", "a", "b", "n_examples", "per_pair": [...]} where
     per_pair holds the same numbers for each pair alone (from the same replicates).
     """
-    group = _group(pairs, metric)
+    return _paired(_group(pairs, metric), n_boot, seed)
+
+
+def _paired(group: _Group, n_boot: int, seed: int) -> dict[str, Any]:
+    pairs = group.pairs
     ((obs, boot),) = _replicates([group], n_boot, seed)
     obs_a, obs_b = obs[0::2], obs[1::2]
     diffs = boot[:, 0::2] - boot[:, 1::2]  # (B, pairs)
@@ -218,9 +222,12 @@ def bootstrap_over_datasets(
     Returns {"diff", "ci_low", "ci_high", "p_value", "a", "b", "n_examples"} (n_examples: distinct
     test examples).
     """
-    if not datasets:
+    return _over_datasets([_group(pairs, metric) for pairs, metric in datasets], n_boot, seed)
+
+
+def _over_datasets(groups: list[_Group], n_boot: int, seed: int) -> dict[str, Any]:
+    if not groups:
         raise DogeError("bootstrap over datasets: no dataset")
-    groups = [_group(pairs, metric) for pairs, metric in datasets]
     reps = _replicates(groups, n_boot, seed)
     obs = np.mean([np.mean(o[0::2] - o[1::2]) for o, _ in reps])
     boot = np.mean([(b[:, 0::2] - b[:, 1::2]).mean(axis=1) for _, b in reps], axis=0)
@@ -247,7 +254,7 @@ def bootstrap_table(
     Comparisons whose methods are missing, or whose runs have no test predictions, are skipped.
     """
     rows: list[dict[str, Any]] = []
-    made: dict[tuple[str, str], list[tuple[list[tuple[Path, Path]], str, str, str]]] = {}
+    made: dict[tuple[str, str], list[tuple[_Group, str, str]]] = {}  # per comparison: (group, A, B names)
     n_datasets = selected["dataset"].nunique()
     for dataset, sel in selected.groupby("dataset", sort=False):
         metric = str(sel["metric"].iloc[0])
@@ -259,12 +266,13 @@ def bootstrap_table(
                 continue
             pairs = [(Path(ra.loc[s, "path"]), Path(rb.loc[s, "path"])) for s in seeds]
             try:
-                res = paired_bootstrap(pairs, metric=metric, n_boot=n_boot, seed=seed)
+                group = _group(pairs, metric)
             except DogeError:
                 continue
+            res = _paired(group, n_boot, seed)
             base = {"dataset": dataset, "comparison": f"{a} - {b}", "metric": metric, "n_boot": n_boot}
             names = [",".join(str(r.loc[s, "name"]) for s in seeds) for r in (ra, rb)]
-            made.setdefault((a, b), []).append((pairs, metric, *names))
+            made.setdefault((a, b), []).append((group, *names))
             for s, pp in zip(seeds, res["per_pair"], strict=True):
                 rows.append(
                     {
@@ -289,17 +297,16 @@ def bootstrap_table(
     for (a, b), per in made.items():
         if n_datasets < 2 or len(per) < n_datasets:
             continue
-        res = bootstrap_over_datasets([(pairs, metric) for pairs, metric, _, _ in per], n_boot=n_boot, seed=seed)
-        metrics = sorted({metric for _, metric, _, _ in per})
+        res = _over_datasets([g for g, _, _ in per], n_boot, seed)
         rows.append(
             {
                 "dataset": ALL_DATASETS,
                 "comparison": f"{a} - {b}",
-                "metric": ",".join(metrics),
+                "metric": ",".join(sorted({g.metric for g, _, _ in per})),
                 "n_boot": n_boot,
                 "seed": "mean",
-                "a_name": ";".join(x for _, _, x, _ in per),
-                "b_name": ";".join(x for _, _, _, x in per),
+                "a_name": ";".join(x for _, x, _ in per),
+                "b_name": ";".join(x for _, _, x in per),
                 **{k: res[k] for k in ("a", "b", "diff", "ci_low", "ci_high", "p_value")},
                 "n_examples": res["n_examples"],
             }
