@@ -249,6 +249,21 @@ def test_a_killed_sweep_keeps_its_wall_time_up_to_its_last_finished_job(copy, mo
     assert (out / RANDOM / "DONE").exists()
 
 
+def test_a_record_from_before_per_process_commits_keeps_the_commit_its_process_wrote():
+    """timing.json of older code: the commit only in the top-level machine, which the last record's
+    process wrote. The next process's history carries it into that record (its own machine then
+    overwrites the top level); records that already have one, and earlier ones, are left as they are."""
+    from dogetickets.rundir import process_history
+
+    old = {"total_seconds": 5.0, "command": ["doge", "run"], "machine": {"git": "aaa"}}  # before "processes"
+    assert process_history(old) == [{"total_seconds": 5.0, "command": ["doge", "run"], "git": "aaa"}]
+    timing = {"machine": {"git": "bbb"}, "processes": [{"total_seconds": 1.0}, {"total_seconds": 2.0}]}
+    assert process_history(timing) == [{"total_seconds": 1.0}, {"total_seconds": 2.0, "git": "bbb"}]
+    timing["processes"][1]["git"] = "ccc"
+    assert process_history(timing)[1]["git"] == "ccc"
+    assert process_history({"processes": [{"total_seconds": 1.0}]}) == [{"total_seconds": 1.0}]
+
+
 def test_a_diverging_sweep_exits_2_naming_its_runs(tmp_path, data_dir):
     cfg = tmp_path / "c.toml"
     cfg.write_text(tiny_run_toml(tmp_path / "run", data_dir, methods='["random", "doge"]'))

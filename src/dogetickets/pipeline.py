@@ -45,7 +45,7 @@ from dogetickets.models.export import export_pruned, is_pruned
 from dogetickets.models.resolve import load_model, load_saved, load_tokenizer
 from dogetickets.models.units import Units
 from dogetickets.progress import console, sweep_progress
-from dogetickets.rundir import RunLayout, RunLock, changed_setting, recorded
+from dogetickets.rundir import RunLayout, RunLock, changed_setting, process_history, recorded
 from dogetickets.scoring import UnitScores, expressive_scores
 from dogetickets.stages import Job, TicketSpec, plan, ticket_specs
 from dogetickets.tickets import Shape, Ticket, random_ticket, select, ticket_name
@@ -75,18 +75,6 @@ class Prepared:
     @property
     def pad_id(self) -> int:
         return int(self.tokenizer.pad_token_id or 0)
-
-
-def process_history(timing: Any) -> list[dict[str, Any]]:
-    """The records of the earlier `doge run` processes on a run directory, from its timing.json: its
-    "processes" list, or, for a timing.json written before that list, its one process."""
-    if not isinstance(timing, dict):
-        return []
-    if isinstance(timing.get("processes"), list):
-        return [p for p in timing["processes"] if isinstance(p, dict)]
-    if isinstance(timing.get("total_seconds"), (int, float)):
-        return [{k: timing[k] for k in ("total_seconds", "outside_model_seconds", "command") if k in timing}]
-    return []
 
 
 class Pipeline:

@@ -8,6 +8,7 @@
     <out>/seed<k>/tickets/<name>.json         one ticket per method x sparsity (x lambda)
     <out>/seed<k>/rewind/<name>/              ticket.json, model/, metrics.json, predictions.jsonl, DONE
     <out>/results.json, results.md            the table
+    <out>/timing.json                         wall time: a record per `doge run` process (:func:`process_history`)
 
 A stage folder is finished when its DONE marker holds exactly the settings that the current config
 asks of it (:func:`recorded`, :func:`changed_setting`); any other DONE is stale and the stage is
@@ -145,3 +146,23 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
+
+
+def process_history(timing: Any) -> list[dict[str, Any]]:
+    """The records of the earlier `doge run` processes on a run directory, from its timing.json: its
+    "processes" list, or, for a timing.json written before that list, its one process.
+
+    A record from before records kept their git commit gets the top-level machine's: the last writer of
+    timing.json wrote it, and that is the last record's process (processes append in order). Without
+    this, the next process's machine would overwrite the only trace of that commit."""
+    if not isinstance(timing, dict):
+        return []
+    records: list[dict[str, Any]] = []
+    if isinstance(timing.get("processes"), list):
+        records = [p for p in timing["processes"] if isinstance(p, dict)]
+    elif isinstance(timing.get("total_seconds"), (int, float)):
+        records = [{k: timing[k] for k in ("total_seconds", "outside_model_seconds", "command") if k in timing}]
+    machine = timing.get("machine")
+    if records and "git" not in records[-1] and isinstance(machine, dict) and machine.get("git"):
+        records[-1] = {**records[-1], "git": machine["git"]}
+    return records

@@ -286,6 +286,7 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
 
     from dogetickets import machine, methods
     from dogetickets.io import read_json_or_none
+    from dogetickets.rundir import process_history
 
     doc.h(2, "Wall time and machine")
     doc.p(
@@ -307,7 +308,7 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
         timing = read_json_or_none(d / "timing.json")
         timing = timing if isinstance(timing, dict) else {}
         total, outside = timing.get("total_seconds"), timing.get("outside_model_seconds")
-        processes = [p for p in timing.get("processes") or [] if isinstance(p.get("total_seconds"), (int, float))]
+        processes = [p for p in process_history(timing) if isinstance(p.get("total_seconds"), (int, float))]
         if processes:
             total = sum(float(p["total_seconds"]) for p in processes)
             outside = sum(float(p.get("outside_model_seconds") or 0.0) for p in processes)
@@ -340,7 +341,7 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
             machines.setdefault(json.dumps(desc, sort_keys=True, default=str), (desc, []))[1].append(name)
         else:
             unrecorded.append(name)
-        commits[name] = _commits(timing, processes)
+        commits[name] = _commits(processes)
     doc.table(pd.DataFrame(rows))
     if earlier:
         doc.p(
@@ -359,12 +360,10 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
         doc.items([f"{name}: {', '.join(c) if c else 'not recorded'}" for name, c in commits.items()])
 
 
-def _commits(timing: dict[str, Any], processes: list[dict[str, Any]]) -> list[str]:
-    """The distinct git commits of a directory's `doge run` processes, oldest first: each process record's,
-    or, for records written before they held one, the last process's from its machine description."""
-    last = (timing.get("machine") or {}).get("git") if isinstance(timing.get("machine"), dict) else None
+def _commits(processes: list[dict[str, Any]]) -> list[str]:
+    """The distinct git commits of a directory's `doge run` processes, oldest first (each record's, as
+    `rundir.process_history` reads them)."""
     found = [p.get("git") for p in processes] or [None]
-    found[-1] = found[-1] or last
     unknown = sum(not c for c in found)
     known = list(dict.fromkeys(str(c) for c in found if c))
     return ([f"{unknown} process{'es' if unknown > 1 else ''} not recorded"] if unknown and known else []) + known
