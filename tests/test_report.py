@@ -546,6 +546,36 @@ def test_machine_describe_keys_and_types() -> None:
     assert lines[0].startswith("OS: ") and any(line.startswith("torch threads: ") for line in lines)
 
 
+def test_git_commit_is_dirty_only_when_the_package_source_changed(tmp_path: Path) -> None:
+    """A report written into docs/ while a study runs does not make the study's code '+dirty'."""
+    import subprocess
+
+    from dogetickets import machine
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    pkg = tmp_path / "src" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("x = 1\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "study.md").write_text("old\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    sha = machine._git_commit(pkg)
+    assert sha and "+" not in sha
+    (tmp_path / "docs" / "study.md").write_text("new\n")
+    (tmp_path / "notes.txt").write_text("untracked, outside the package\n")
+    assert machine._git_commit(pkg) == sha
+    (pkg / "__init__.py").write_text("x = 2\n")
+    assert machine._git_commit(pkg) == f"{sha}+dirty"
+    git("checkout", "--", "src")
+    (pkg / "new_module.py").write_text("")
+    assert machine._git_commit(pkg) == f"{sha}+dirty"
+
+
 def _add_doge_nc(root: Path) -> None:
     """A doge-nc method (two configurations per seed) beside the others."""
     for seed, runs in {0: {"doge-nc-s10-l10": (0.66, 13, 13), "doge-nc-s30-l10": (0.69, 15, 13)},

@@ -83,15 +83,16 @@ def _git(args: list[str], cwd: Path) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def _git_commit() -> str | None:
-    """Short sha of the working tree holding this package's source (+"dirty" when `git status --porcelain`
-    is not empty); None when the package is not tracked by a git working tree (e.g. an installed wheel)."""
-    here = Path(__file__).resolve().parent
+def _git_commit(here: Path | None = None) -> str | None:
+    """Short sha of the working tree holding this package's source (`here`: its folder), +"dirty" when that
+    source has uncommitted changes (other files of the tree, e.g. a report being written, do not make the
+    code dirty); None when the package is not tracked by a git working tree (e.g. an installed wheel)."""
+    here = here or Path(__file__).resolve().parent
     # The package file must be tracked: a wheel installed into a venv inside some repository is not that code.
     if _git(["ls-files", "--error-unmatch", "__init__.py"], here) is None:
         return None
     sha = _git(["rev-parse", "--short", "HEAD"], here)
-    status = _git(["status", "--porcelain"], here)
+    status = _git(["status", "--porcelain", "--", "."], here)
     if not sha or not sha.strip() or status is None:
         return None
     return sha.strip() + ("+dirty" if status.strip() else "")

@@ -355,8 +355,8 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
     if unrecorded:
         doc.p(f"Machine not recorded: {', '.join(unrecorded)}.")
     if any(commits.values()):
-        doc.p("The code (git commit; '+dirty': uncommitted changes) each directory's processes ran, oldest "
-              "first:")
+        doc.p("The code (git commit; '+dirty': uncommitted changes to the package's source) each directory's "
+              "processes ran, oldest first:")
         doc.items([f"{name}: {', '.join(c) if c else 'not recorded'}" for name, c in commits.items()])
 
 
