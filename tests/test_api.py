@@ -168,7 +168,8 @@ def test_select_ticket_equals_tickets_select(tiny_cls, tokenizer):
     assert got == select(*scores.doge(100.0), shape, 0.3, "doge", lam=100, seed=0, allocation=DEFAULT)
     assert got.sparsity > 0 and got.pruned_params > 0
     cases = [
-        (dict(method="winning", allocation="global"), select(*scores.winning(), shape, 0.3, "winning", seed=0)),
+        (dict(method="winning", allocation="global"),
+             select(*scores.winning(), shape, 0.3, "winning", seed=0, allocation="global")),
         (dict(method="doge-worst"), select(*scores.worst(), shape, 0.3, "doge-worst", seed=0, allocation=DEFAULT)),
         (dict(method="doge-nc-proportional", lam=10.0),
          select(*scores.doge(10.0, "corrected"), shape, 0.3, "doge-nc-proportional", lam=10.0, seed=0,

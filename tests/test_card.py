@@ -122,7 +122,7 @@ def test_export_writes_a_card_with_the_runs_numbers(tmp_path: Path, physical: bo
     assert meta["pipeline_tag"] == "text-classification"
     assert shlex.join(command) in text and "'configs/my run.toml'" in text
     assert "training domains All_Beauty, Gift_Cards; tested on unseen domains Software" in text
-    assert "`doge`, λ = 100, allocation `global`, seed 0" in text
+    assert "`doge`, λ = 100, allocation `proportional`, seed 0" in text
     # exporting again replaces the previous export, card included
     assert export_run(run / "ticket.json", tmp_path / "exported") == tmp_path / "exported"
     assert (tmp_path / "exported" / "README.md").read_text() == text

@@ -182,7 +182,7 @@ def test_defaults_and_plain_dict() -> None:
         "irm": {"penalty_weight": 100.0, "anneal_steps": 100},
         "tickets": {
             "methods": ["random", "winning", "doge"], "sparsities": [0.1, 0.3], "lambdas": [100.0],
-            "normalize_heads": True, "normalize_ffn": True, "allocation": "global", "lambda_choice": "rewind",
+            "normalize_heads": True, "normalize_ffn": True, "allocation": "proportional", "lambda_choice": "rewind",
             "variance": "paper", "granularity": "block",
             "max_score_per_domain": 0, "score_batch_size": 16,
         },

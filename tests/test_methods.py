@@ -152,7 +152,7 @@ def test_variants_and_lambda_chosen_on_dev(tmp_path, data_dir):
         assert tickets["random-proportional-s30"].method == "random-proportional"
         assert tickets["random-proportional-s30"].allocation == "proportional"
         assert tickets["doge-nc-proportional-s30"].allocation == "proportional"
-        assert tickets["doge-s30"].allocation == "global"
+        assert tickets["doge-s30"].allocation == methods.DEFAULT_ALLOCATION  # the run's
         model = pipe._finetuned(0)
         for name in ("doge-s30", "doge-nc-proportional-s30"):
             t = tickets[name]
@@ -214,7 +214,7 @@ def test_a_ticket_pruning_the_same_units_reuses_that_training(tmp_path, data_dir
     def run(out: str, methods_list: str) -> Pipeline:
         cfg_path = tmp_path / f"{out}.toml"
         cfg_path.write_text(tiny_run_toml(tmp_path / out, data_dir, methods=methods_list, sparsities="[0.3]")
-                            + "lambdas = [0.0]\n")
+                            + 'lambdas = [0.0]\nallocation = "global"\n')
         pipe = Pipeline(load_config(cfg_path), show_progress=False)
         try:
             pipe.run()

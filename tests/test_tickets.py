@@ -67,7 +67,7 @@ def test_select_prunes_lowest_and_keeps_one_head_per_layer():
     heads[0] = np.linspace(0.0, 0.1, 12)  # layer 0 is the least important everywhere
     ffn = np.full(6, 5.0)
     target = (11.5 * SHAPE.head_params) / SHAPE.encoder_params
-    t = select(heads, ffn, SHAPE, target, "winning")
+    t = select(heads, ffn, SHAPE, target, "winning", allocation="global")
     # the lowest eleven heads of layer 0 (one kept), then the first of the ties by position: none fits
     assert t.pruned_heads == {"0": list(range(11))} and t.pruned_ffn == []
     assert t.pruned_params == 11 * SHAPE.head_params
@@ -183,14 +183,28 @@ RANDOM_BEFORE = {  # random_ticket(shape, target, seed=5)
 def test_global_allocation_is_unchanged():
     for (name, seed, target), expected in GLOBAL_BEFORE.items():
         shape = SHAPES[name]
-        t = select(*scores(shape, seed), shape, target, "winning")
+        t = select(*scores(shape, seed), shape, target, "winning", allocation="global")
         assert (digest(t), *counts(t)) == expected, (name, seed, target)
-        assert select(*scores(shape, seed), shape, target, "winning", allocation="global") == t
         assert t.allocation == "global"
     for (name, target), expected in RANDOM_BEFORE.items():
-        t = random_ticket(SHAPES[name], target, 5)
+        t = random_ticket(SHAPES[name], target, 5, allocation="global")
         assert (digest(t), *counts(t)) == expected
-        assert random_ticket(SHAPES[name], target, 5, allocation="global") == t
+
+
+def test_the_default_allocation_is_proportional_everywhere():
+    """One default (methods.DEFAULT_ALLOCATION, the study's choice): a run's tickets.allocation, tickets.select
+    and random_ticket without an allocation."""
+    from dogetickets.config import TicketConfig
+    from dogetickets.methods import DEFAULT_ALLOCATION
+
+    assert DEFAULT_ALLOCATION == "proportional" == TicketConfig().allocation
+    shape = SHAPES["minilm"]
+    for target in (0.1, 0.3):
+        t = select(*scores(shape, 0), shape, target, "winning")
+        assert t.allocation == "proportional"
+        assert t == select(*scores(shape, 0), shape, target, "winning", allocation="proportional")
+        assert t != select(*scores(shape, 0), shape, target, "winning", allocation="global")
+        assert random_ticket(shape, target, 5) == random_ticket(shape, target, 5, allocation="proportional")
 
 
 @pytest.mark.parametrize("name", SHAPES)

@@ -283,8 +283,8 @@ def select_ticket(
     `method`: a ticket method of the registry (`dogetickets.methods`): "doge" (mean over domains - `lam` x
     variance over domains), "doge-nc" (noise-corrected variance), "doge-worst", "winning" (pooled data),
     "random" (needs no scores, drawn from `seed`); a suffix "-global", "-proportional" or "-balanced"
-    overrides `allocation`, how the pruned parameters split between heads and FFN blocks (default: a run's
-    default, `tickets.allocation` of dogetickets.config). `variance`: doge's
+    overrides `allocation`, how the pruned parameters split between heads and FFN blocks (default:
+    `dogetickets.methods.DEFAULT_ALLOCATION`, "proportional", as a run's `tickets.allocation`). `variance`: doge's
     between-domain variance, "paper" or "corrected". `model`: the model or its Shape; not needed with the
     scores of `score_domains`, which carry it. `granularity`: prune FFN "block"s or single FFN "neuron"s
     (default: neurons when the scores have neuron scores, else blocks).
@@ -308,11 +308,7 @@ def select_ticket(
     if scores is None and m.uses_scores:
         raise DogeError(f"method {method!r} ranks units by their scores: pass the scores of score_domains")
     shape = _shape(model, scores)
-    if allocation is None:
-        from dogetickets.config import TicketConfig
-
-        allocation = str(TicketConfig.model_fields["allocation"].default)
-    alloc = m.allocation_for(allocation)
+    alloc = m.allocation_for(allocation or registry.DEFAULT_ALLOCATION)
     if alloc not in registry.ALLOCATIONS:
         raise DogeError(f"allocation {alloc!r}: one of {', '.join(registry.ALLOCATIONS)}")
     if scores is None or m.ranking == "random":

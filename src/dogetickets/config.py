@@ -165,7 +165,7 @@ class TicketConfig(_Section):
     normalize_ffn: bool = True  # l2 across layers (the released code)
     # how the pruned parameters split between heads and FFN blocks (dogetickets.tickets)
     # (a method with an allocation suffix, e.g. "doge-balanced", uses its own)
-    allocation: Literal["global", "proportional", "balanced"] = "global"
+    allocation: Literal["global", "proportional", "balanced"] = registry.DEFAULT_ALLOCATION
     # how doge's lambda is chosen on in-domain dev: "rewind" (every lambda's ticket is rewound and trained;
     # the report picks the best dev run) or "preview" (per sparsity, the lambda whose ticket removed from
     # the fine-tuned model, without retraining, scores best on dev; only that ticket is rewound)

@@ -15,6 +15,8 @@ layer. The allocation decides how the target is split between heads and FFN bloc
   round(half the target / FFN block) FFN blocks, and heads fill the rest. On BERT-base this gives
   23 of the scripts' 24 (heads, FFN blocks) pairs at their own sparsities (see the tests).
 
+The default is ``proportional`` (methods.DEFAULT_ALLOCATION), the one the study's in-domain dev chose.
+
 In both split allocations the FFN count is the nearest (halves up) to its share for which the heads,
 rounded to the nearest head, fill the rest of the target (at most H-1 per layer); if none can, the
 count that lands closest. So every allocation lands within one head of the target. Heads are then
@@ -205,7 +207,7 @@ def select(
     lam: float | None = None,
     seed: int | None = None,
     *,
-    allocation: str = "global",
+    allocation: str = registry.DEFAULT_ALLOCATION,
     granularity: str = "block",
 ) -> Ticket:
     """Prune the lowest-scored units for `target`, split between heads and FFN blocks by `allocation`.
@@ -416,8 +418,8 @@ def _select_global_neurons(
 
 
 def random_ticket(
-    shape: Shape, target: float, seed: int, *, allocation: str = "global", granularity: str = "block",
-    method: str = "random",
+    shape: Shape, target: float, seed: int, *, allocation: str = registry.DEFAULT_ALLOCATION,
+    granularity: str = "block", method: str = "random",
 ) -> Ticket:
     """Random units at the same sparsity: selection on seeded uniform scores. `method` is the name the ticket
     carries (a variant such as "random-balanced" keeps its own name)."""
