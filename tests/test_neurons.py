@@ -216,21 +216,22 @@ def test_neuron_tickets_reach_the_target(allocation: str, target: float) -> None
 
 def test_neuron_selection_by_hand() -> None:
     """Lowest neurons first; a layer whose neurons all go loses its whole block; heads among heads."""
+    by_hand = dict(granularity="neuron", allocation="global")  # one ranked list of heads and neurons
     shape = Shape(num_layers=2, num_heads=2, head_params=100, ffn_params=44, encoder_params=1000,
                   neuron_params=10, intermediate_size=4)
     heads = np.array([[5.0, 6.0], [7.0, 8.0]])
     neurons = np.array([[0.1, 0.2, 0.3, 0.4], [0.9, 0.05, 0.8, 0.7]])
-    t = select(heads, neurons, shape, 0.03, "winning", granularity="neuron")  # 30 parameters: three neurons
+    t = select(heads, neurons, shape, 0.03, "winning", **by_hand)  # 30 parameters: three neurons
     assert t.pruned_neurons == {"0": [0, 1], "1": [1]} and t.pruned_heads == {} and t.pruned_ffn == []
     assert t.pruned_params == 30
-    t = select(heads, neurons, shape, 0.045, "winning", granularity="neuron")  # the fifth lowest overshoots
+    t = select(heads, neurons, shape, 0.045, "winning", **by_hand)  # the fifth lowest overshoots
     assert t.pruned_ffn == [] and t.pruned_neurons == {"0": [0, 1, 2], "1": [1]}
-    t = select(heads, neurons - np.array([[1.0], [0.0]]), shape, 0.045, "winning", granularity="neuron")
+    t = select(heads, neurons - np.array([[1.0], [0.0]]), shape, 0.045, "winning", **by_hand)
     assert t.pruned_ffn == [0] and t.pruned_neurons == {} and t.pruned_params == 44
-    t = select(heads - 10, neurons, shape, 0.13, "winning", granularity="neuron")  # a head, then three neurons
+    t = select(heads - 10, neurons, shape, 0.13, "winning", **by_hand)  # a head, then three neurons
     assert t.pruned_heads == {"0": [0]} and t.pruned_neurons == {"0": [0, 1], "1": [1]} and t.pruned_params == 130
     with pytest.raises(DogeError, match=r"\(2, 4\)"):
-        select(heads, neurons[:, :3], shape, 0.1, "winning", granularity="neuron")
+        select(heads, neurons[:, :3], shape, 0.1, "winning", **by_hand)
     with pytest.raises(DogeError, match="granularity"):
         select(heads, neurons, shape, 0.1, "winning", granularity="neurons")
 
