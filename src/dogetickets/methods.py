@@ -22,9 +22,8 @@ from dataclasses import dataclass, replace
 
 ALLOCATIONS: tuple[str, ...] = ("global", "proportional", "balanced")
 # The default allocation (config tickets.allocation, dogetickets.select_ticket, tickets.select): the one the
-# study supports (docs/study.md, "Ticket allocations compared": on Amazon A, 3 seeds, winning and doge tickets
-# at 10/20/30%, in-domain dev 74.1% proportional, 73.8% balanced, 73.4% global). Ticket files written before
-# allocations existed were global (tickets.Ticket).
+# study's in-domain dev chose (README, "Does it work?"; `doge report`'s "Ticket allocations compared"). Ticket
+# files written before allocations existed were global (tickets.Ticket).
 DEFAULT_ALLOCATION = "proportional"
 RANKINGS: tuple[str, ...] = ("random", "pooled", "domain_general", "worst")
 VARIANCES: tuple[str, ...] = ("paper", "corrected")
