@@ -261,6 +261,20 @@ def test_section_writes_figure_and_csvs(tmp_path: Path) -> None:
     assert "<img" in doc.html("t")
 
 
+def test_overlap_legend_sits_under_its_panel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = _full_run(tmp_path)
+    import matplotlib.pyplot as plt
+
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    assert diagnostics.plot_diagnostics(run, tmp_path / "d.png") is not None
+    overlap = closed[0].get_axes()[0]
+    legend = overlap.get_legend()
+    assert {t.get_text() for t in legend.get_texts()} >= {"random tickets"}
+    closed[0].canvas.draw()
+    assert legend.get_window_extent().y1 <= overlap.get_window_extent().y0  # off the curves
+
+
 def test_section_without_data(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     (empty / "seed0").mkdir(parents=True)

@@ -414,6 +414,27 @@ def test_entity_f1_counts_match_seqeval_strict() -> None:
     assert resampled == pytest.approx(strict([gold[i] for i in idx], [pred[i] for i in idx]), rel=1e-12)
 
 
+def test_transitions_legend_sits_under_the_panels_once(
+    runs: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dogetickets.report import figures
+
+    two = pd.concat([runs, runs.assign(dataset="other")], ignore_index=True)
+    seen = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, png, table: (seen.append(fig), save(fig, png, table))[1])
+    figures.plot_transitions(two, tmp_path)
+    fig = seen[0]
+    axes = fig.get_axes()
+    assert len(axes) == 2 and all(ax.get_legend() is None for ax in axes)  # no legend over a curve
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert len(labels) == len(set(labels)) == 4  # random, winning, doge (dev-chosen λ), ERM: once each
+    fig.canvas.draw()
+    top = legend.get_window_extent().y1
+    assert all(top <= ax.get_window_extent().y0 for ax in axes)
+
+
 def test_figures_and_csvs(runs: pd.DataFrame, tmp_path: Path) -> None:
     png = plot_transitions(runs, tmp_path)
     assert png is not None and png.stat().st_size > 1000

@@ -472,6 +472,7 @@ def plot_diagnostics(run_dir: Path | str, out_png: Path | str) -> Path | None:
     panels = int(not overlap.empty) + int(not units.empty)
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
     axes = list(axes[0])
+    extra = []
     if not overlap.empty:
         ax = axes.pop(0)
         show_alloc = overlap["allocation"].nunique() > 1
@@ -495,7 +496,9 @@ def plot_diagnostics(run_dir: Path | str, out_png: Path | str) -> Path | None:
         ax.set_ylim(-0.02, 1.02)
         ax.set_title("Overlap with winning tickets (mean, min-max over seeds)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        below = ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+        below.set_in_layout(False)  # under the panel, off the curves; the saved canvas grows to hold it
+        extra.append(below)
     if not units.empty:
         ax = axes.pop(0)
         first = units[units["seed"] == units["seed"].min()]
@@ -523,7 +526,7 @@ def plot_diagnostics(run_dir: Path | str, out_png: Path | str) -> Path | None:
         ax.legend(fontsize=7)
     tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight", bbox_extra_artists=extra)
     plt.close(fig)
     tmp.replace(out_png)
     return out_png

@@ -135,9 +135,22 @@ def plot_transitions(runs: pd.DataFrame, out: Path) -> Path | None:
         ax.set_ylabel(f"OOD test mean {'F1' if metric == 'entity_f1' else 'accuracy'} (%)")
         ax.set_title(str(ds))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    _legend_below(fig, axes[0])
     fig.suptitle("Transitions with varying sparsity (mean ± std over seeds)")
     return _save(fig, Path(out) / "transitions.png", data)
+
+
+def _legend_below(fig: Any, axes: Any) -> None:
+    """One legend for all panels, under them: each label once, none drawn over the curves."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    ncol = max(1, min(len(entries), len(axes)))
+    fig.legend(
+        list(entries.values()), list(entries), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+        ncol=ncol, fontsize=8, frameon=False,
+    )
 
 
 def lambda_data(runs: pd.DataFrame) -> pd.DataFrame:
