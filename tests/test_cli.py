@@ -114,6 +114,7 @@ max_length = 64
 [train]
 epochs = 1
 batch_size = 8
+mixed_precision = "no"
 [irm]
 anneal_steps = 2
 [tickets]
@@ -129,6 +130,10 @@ sparsities = [0.3]
         assert set(r["test"]) == {"Industrial_and_Scientific", "Software"}
         assert 0.0 <= r["mean"] <= 1.0 and r["worst"] <= r["mean"]
     assert "ERM" in res.stdout and "doge 30%" in res.stdout
+    # the table says what produced it: the precision the runs recorded, why, and the machine
+    assert results["precision"] == [{"precision": "fp32", "reason": "fp32: set by train.mixed_precision", "runs": 5}]
+    assert "Trained in fp32 (set by train.mixed_precision; all 5 runs). Machine: " in (out / "results.md").read_text()
+    assert "Trained in fp32" in res.stdout
     sp = [r["sparsity"] for r in results["rows"][2:]]
     assert max(sp) - min(sp) < 0.005  # within one head of each other
     metrics = json.loads((out / "seed0/rewind/doge-s30-l100/metrics.json").read_text())
@@ -181,7 +186,8 @@ sparsities = [0.3]
     assert n_pruned == 22_714_371 - owned  # MiniLM with a 3-label head, less what the ticket owns
 
 
-TINY = ["--set", "data.max_train_per_domain=6", "--set", "data.max_eval_per_domain=6", "--set", "train.epochs=1",
+TINY = ["--set", 'train.mixed_precision="no"',
+        "--set", "data.max_train_per_domain=6", "--set", "data.max_eval_per_domain=6", "--set", "train.epochs=1",
         "--set", "tickets.sparsities=[0.3]", "--set", "model.max_length=48", "-q"]
 
 

@@ -72,6 +72,7 @@ def fake_amazon(root: Path) -> tuple[Path, Path]:
         [train]
         epochs = 1
         batch_size = 2
+        mixed_precision = "no"
         [tickets]
         sparsities = [0.3]
     """))

@@ -209,11 +209,13 @@ def test_a_neuron_granularity_sweep_prunes_neurons_and_exports(tmp_path, data_di
 
 
 def test_a_ticket_pruning_the_same_units_reuses_that_training(tmp_path, data_dir):
-    """doge and doge-nc at lambda 0 both rank by the mean score: the same units, so the second rewind takes the
-    first's training instead of repeating it, and what it records equals training it alone."""
-    def run(out: str, methods_list: str) -> Pipeline:
+    """doge and doge-nc at lambda 0 both rank by the mean score: the same units by construction, so the second
+    rewind takes the first's training instead of repeating it, and what it records equals training it alone. A
+    ticket of other units (the same method at another sparsity: 20 points apart, more than the largest unit's
+    share, so other units whatever the scores) trains on its own."""
+    def run(out: str, methods_list: str, sparsities: str) -> Pipeline:
         cfg_path = tmp_path / f"{out}.toml"
-        cfg_path.write_text(tiny_run_toml(tmp_path / out, data_dir, methods=methods_list, sparsities="[0.3]")
+        cfg_path.write_text(tiny_run_toml(tmp_path / out, data_dir, methods=methods_list, sparsities=sparsities)
                             + 'lambdas = [0.0]\nallocation = "global"\n')
         pipe = Pipeline(load_config(cfg_path), show_progress=False)
         try:
@@ -222,17 +224,18 @@ def test_a_ticket_pruning_the_same_units_reuses_that_training(tmp_path, data_dir
             pipe._lock.release()
         return pipe
 
-    run("both", '["doge", "doge-nc", "winning"]')
+    run("both", '["doge", "doge-nc"]', "[0.1, 0.3]")
     rewind = tmp_path / "both/seed0/rewind"
-    first, second = rewind / "doge-s30-l0", rewind / "doge-nc-s30-l0"
+    first, second, other = rewind / "doge-s30-l0", rewind / "doge-nc-s30-l0", rewind / "doge-s10-l0"
     assert Ticket.load(first / "ticket.json").units() == Ticket.load(second / "ticket.json").units()
-    assert Ticket.load(first / "ticket.json").units() != Ticket.load(rewind / "winning-s30/ticket.json").units()
+    assert Ticket.load(first / "ticket.json").units() != Ticket.load(other / "ticket.json").units()
     copied = json.loads((second / "metrics.json").read_text())
     assert copied["run"]["trained_as"] == "doge-s30-l0" and copied["run"]["method"] == "doge-nc"
     assert json.loads((second / "timing.json").read_text())["seconds"] == 0.0
-    assert "trained_as" not in json.loads((rewind / "winning-s30/metrics.json").read_text())["run"]
+    assert "trained_as" not in json.loads((other / "metrics.json").read_text())["run"]
+    assert json.loads((rewind / "doge-nc-s10-l0/metrics.json").read_text())["run"]["trained_as"] == "doge-s10-l0"
     # doge-nc trained on its own gives exactly what the copy recorded (CPU: same seed, same numbers)
-    run("alone", '["doge-nc"]')
+    run("alone", '["doge-nc"]', "[0.3]")
     alone = tmp_path / "alone/seed0/rewind/doge-nc-s30-l0"
     trained = json.loads((alone / "metrics.json").read_text())
     for key in ("dev", "test", "train", "eval"):

@@ -12,6 +12,7 @@ import torch
 from test_cli_errors import assert_one_line_error, doge
 from test_training import _toy_data, _train_cfg
 
+from dogetickets import machine
 from dogetickets.bench import bench_device
 from dogetickets.data.tasks import TextClassification
 from dogetickets.errors import DogeError, TrainingFailed
@@ -28,6 +29,7 @@ TASK = TextClassification(["a", "b", "c"])
 # ---- mixed precision "auto" ------------------------------------------------------------------------------
 @pytest.mark.parametrize("native, resolved", [(True, "bf16"), (False, "no")])
 def test_auto_resolves_to_bf16_where_native(monkeypatch, native, resolved):
+    monkeypatch.delenv(loop.AUTO_PRECISION_ENV, raising=False)
     monkeypatch.setattr(loop, "native_bf16", lambda: native)
     assert resolve_precision("auto") == resolved
     for explicit in ("no", "bf16", "fp16"):
@@ -42,16 +44,44 @@ def test_native_bf16_on_cpu_follows_the_flags(monkeypatch):
 
 
 def test_cpu_flags_are_empty_off_x86(monkeypatch):
-    loop.cpu_flags.cache_clear()
-    monkeypatch.setattr(loop.platform, "machine", lambda: "arm64")
+    machine.cpu_flags.cache_clear()
+    monkeypatch.setattr(machine.platform, "machine", lambda: "arm64")
     try:
-        assert loop.cpu_flags() == frozenset()
+        assert machine.cpu_flags() == frozenset() and machine.cpu_features() == []
     finally:
-        loop.cpu_flags.cache_clear()
+        machine.cpu_flags.cache_clear()
+
+
+@pytest.mark.parametrize("value, resolved", [("no", "no"), ("fp32", "no"), (" BF16 ", "bf16")])
+@pytest.mark.parametrize("native", [True, False])
+def test_the_environment_decides_what_auto_is(monkeypatch, value, resolved, native):
+    """$DOGE_AUTO_PRECISION runs "auto" as on another machine (the suite runs once with it set to "no"); an
+    explicit setting is never overridden, and the reason names the variable."""
+    monkeypatch.setattr(loop, "native_bf16", lambda: native)
+    monkeypatch.setenv(loop.AUTO_PRECISION_ENV, value)
+    assert resolve_precision("auto") == resolved
+    assert resolve_precision("no") == "no" and resolve_precision("bf16") == "bf16"
+    assert loop.precision_reason("auto") == (
+        f"{loop.precision_name(resolved)}: 'auto' forced by {loop.AUTO_PRECISION_ENV}={value.strip()}")
+    assert loop.precision_reason("bf16") == "bf16: set by train.mixed_precision"
+    monkeypatch.setenv(loop.AUTO_PRECISION_ENV, "fp8")
+    with pytest.raises(DogeError, match=r"DOGE_AUTO_PRECISION='fp8': expected 'no' \(fp32\) or 'bf16'"):
+        resolve_precision("auto")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU flags decide without CUDA")
+def test_the_reason_names_the_cpu_feature_that_decided(monkeypatch):
+    monkeypatch.delenv(loop.AUTO_PRECISION_ENV, raising=False)
+    for flags, reason in (({"avx2", "avx512_bf16"}, "bf16: 'auto' on a CPU with avx512_bf16"),
+                          ({"avx2", "avx512f"}, "fp32: 'auto' on a CPU without avx512_bf16 or amx_bf16")):
+        monkeypatch.setattr(loop, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert loop.precision_reason("auto") == reason
+    assert loop.precision_reason("no") == "fp32: set by train.mixed_precision"
 
 
 @pytest.mark.parametrize("native, resolved", [(True, "bf16"), (False, "no")])
 def test_auto_gets_the_accelerator_of_its_resolution_and_records_it(monkeypatch, tiny_cls, native, resolved):
+    monkeypatch.delenv(loop.AUTO_PRECISION_ENV, raising=False)
     monkeypatch.setattr(loop, "native_bf16", lambda: native)
     try:
         acc = get_accelerator("auto")
@@ -60,17 +90,40 @@ def test_auto_gets_the_accelerator_of_its_resolution_and_records_it(monkeypatch,
         cfg = _train_cfg(batch_size=4, lr=1e-3, max_steps=2, eval_every=2, patience=0, mixed_precision="auto")
         result = train(tiny_cls, TASK, data, data, cfg, ERM(), seed=0, pad_id=0, show_progress=False)
         assert result.mixed_precision == resolved and result.to_dict()["mixed_precision"] == resolved
+        assert result.to_dict()["precision_reason"] == loop.precision_reason("auto")
     finally:
         get_accelerator("no")
 
 
 def test_auto_is_the_default_and_log_every_is_validated():
-    train_cfg = _train_cfg()
+    from dogetickets.config import config_from_dict
+
+    train_cfg = config_from_dict({"data": {"train_domains": ["d0", "d1"], "test_domains": ["t"]}}).train
     assert train_cfg.mixed_precision == "auto" and train_cfg.log_every == 10
     assert _train_cfg(log_every=1).log_every == 1
     for bad in (0, -3, 2.5, "5"):
         with pytest.raises(DogeError, match=r"train\.log_every"):
             _train_cfg(log_every=bad)
+
+
+def test_a_table_names_the_precision_of_its_runs_and_why():
+    from dogetickets.results import precision_line, precisions
+
+    runs = [{"train": {"mixed_precision": "bf16", "precision_reason": "bf16: 'auto' on a CPU with avx512_bf16"}}] * 3
+    runs += [{"train": {"mixed_precision": "no", "precision_reason": "fp32: set by train.mixed_precision"}},
+             {"train": {"mixed_precision": "no"}}]  # written before the reason was recorded
+    found = precisions(runs)
+    assert found == [{"precision": "bf16", "reason": "bf16: 'auto' on a CPU with avx512_bf16", "runs": 3},
+                     {"precision": "fp32", "reason": "", "runs": 1},
+                     {"precision": "fp32", "reason": "fp32: set by train.mixed_precision", "runs": 1}]
+    machine = {"cpu": "Some CPU", "cpu_features": ["avx2", "avx512f"], "logical_cores": 2, "cuda_devices": [],
+               "torch": "2.13.0"}
+    assert precision_line({"precision": found, "machine": machine}) == (
+        "Trained in bf16 ('auto' on a CPU with avx512_bf16; 3 of 5 runs); fp32 (reason not recorded; 1 of 5 runs); "
+        "fp32 (set by train.mixed_precision; 1 of 5 runs). Machine: Some CPU (features: avx2, avx512f), "
+        "2 logical cores, no GPU; torch 2.13.0.")
+    assert precision_line({"precision": found[:1]}).startswith("Trained in bf16 ('auto' on a CPU with avx512_bf16; "
+                                                                "all 3 runs).")
 
 
 # ---- the loss read every log_every steps -----------------------------------------------------------------

@@ -180,6 +180,7 @@ test_domains = ["a_test"]
 max_length = 16
 [train]
 epochs = 1
+mixed_precision = "no"
 """)
     res = _doge("finetune", str(cfg), "-q")
     assert res.returncode == 0, res.stderr[-3000:]

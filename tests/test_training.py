@@ -18,7 +18,9 @@ from dogetickets.training.objectives import ERM, IRM
 
 
 def _train_cfg(**train: object) -> TrainConfig:
-    """A [train] section as a config file would give it."""
+    """A [train] section as a config file would give it; fp32 unless the test asks for a precision (the
+    default "auto" would be bf16 on some CPUs and fp32 on others)."""
+    train = {"mixed_precision": "no", **train}
     return config_from_dict({"data": {"train_domains": ["d0", "d1"], "test_domains": ["t"]}, "train": train}).train
 
 
@@ -47,7 +49,8 @@ def test_rewinding_keeps_pruned_units_at_zero_and_starts_at_the_rewind_point(tin
             seen_start.update({k: v.detach().clone() for k, v in tiny_cls.state_dict().items()})
 
     handle = tiny_cls.register_forward_pre_hook(grab)
-    cfg = TrainConfig(batch_size=4, lr=1e-2, max_steps=6, eval_every=3, patience=0, warmup_ratio=0.0)
+    cfg = TrainConfig(mixed_precision="no", batch_size=4, lr=1e-2, max_steps=6, eval_every=3, patience=0,
+                      warmup_ratio=0.0)
     data = _toy_data()
     train(tiny_cls, TextClassification(["a", "b", "c"]), data, data, cfg, ERM(), seed=0, pad_id=0,
           ticket_masks=(head, ffn), show_progress=False)
@@ -65,7 +68,7 @@ def test_rewinding_keeps_pruned_units_at_zero_and_starts_at_the_rewind_point(tin
 
 def test_training_is_deterministic_and_keeps_best(tiny_cls):
     data = _toy_data(32)
-    cfg = TrainConfig(batch_size=8, lr=5e-3, max_steps=8, eval_every=2, patience=0)
+    cfg = TrainConfig(mixed_precision="no", batch_size=8, lr=5e-3, max_steps=8, eval_every=2, patience=0)
     task = TextClassification(["a", "b", "c"])
     a = copy.deepcopy(tiny_cls)
     r1 = train(a, task, data, data, cfg, ERM(), seed=3, pad_id=0, show_progress=False)
@@ -79,7 +82,7 @@ def test_training_is_deterministic_and_keeps_best(tiny_cls):
 
 def test_early_stopping_with_patience(tiny_cls):
     data = _toy_data(16)
-    cfg = TrainConfig(batch_size=4, lr=0.0 + 1e-12, max_steps=40, eval_every=1, patience=2)
+    cfg = TrainConfig(mixed_precision="no", batch_size=4, lr=0.0 + 1e-12, max_steps=40, eval_every=1, patience=2)
     r = train(tiny_cls, TextClassification(["a", "b", "c"]), data, data, cfg, ERM(), seed=0, pad_id=0,
               show_progress=False)
     assert r.stopped_early and r.steps == 3  # no improvement after the first evaluation, patience 2

@@ -7,6 +7,7 @@ value that cannot be read is None (or, for the git commit, the key is absent).
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -14,7 +15,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["describe", "lines"]
+__all__ = ["BF16_FLAGS", "cpu_features", "cpu_flags", "describe", "lines"]
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # the x86 features under which train.mixed_precision "auto" is bf16
+REPORTED_FLAGS = ("avx2", "avx512f", *BF16_FLAGS)  # what a report names of the CPU: they decide precision and speed
 
 GIT_TIMEOUT = 2.0  # seconds per git call
 
@@ -23,6 +27,7 @@ LABELS: dict[str, str] = {
     "os": "OS",
     "python": "Python",
     "cpu": "CPU",
+    "cpu_features": "CPU features",
     "logical_cores": "logical cores",
     "torch_threads": "torch threads",
     "ram_gib": "RAM (GiB)",
@@ -44,6 +49,27 @@ def _cpu_model() -> str | None:
     except OSError:
         pass
     return platform.processor() or None
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo on Linux x86); empty elsewhere or when unreadable."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return frozenset()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_features() -> list[str]:
+    """Which of `REPORTED_FLAGS` this CPU has (x86 only; empty elsewhere)."""
+    flags = cpu_flags()
+    return [f for f in REPORTED_FLAGS if f in flags]
 
 
 def _ram_gib() -> float | None:
@@ -115,7 +141,9 @@ def _torch() -> dict[str, Any]:
 def describe() -> dict[str, Any]:
     """The machine and software of this process.
 
-    Keys: os, python, cpu (str or None), logical_cores (int or None), torch_threads (int or None), ram_gib
+    Keys: os, python, cpu (str or None), cpu_features (those of avx2, avx512f, avx512_bf16, amx_bf16 it
+    has: they decide what train.mixed_precision "auto" is, and the speed), logical_cores (int or None),
+    torch_threads (int or None), ram_gib
     (float or None), cuda_devices (list of names, empty without CUDA), torch, transformers, accelerate,
     dogetickets (versions, str or None), and git (short sha, "+dirty" if the tree has changes) only when
     the package's source is a git working tree.
@@ -125,6 +153,7 @@ def describe() -> dict[str, Any]:
         "os": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "cpu": _cpu_model(),
+        "cpu_features": cpu_features(),
         "logical_cores": os.cpu_count(),
         "torch_threads": t["torch_threads"],
         "ram_gib": _ram_gib(),

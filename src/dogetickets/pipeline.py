@@ -860,7 +860,7 @@ class Pipeline:
             m = read_json_or_none(folder / "metrics.json")
             if is_done(folder) and isinstance(m, dict) and m.get("eval") == self._eval_settings():
                 folders.append(folder)
-        results = collect_results(self.out, folders, notes=self._notes())
+        results = collect_results(self.out, folders, notes=self._notes(), machine=self._machine or machine.describe())
         write_results(self.out, results)
         return results
 

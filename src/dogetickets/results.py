@@ -21,8 +21,47 @@ from dogetickets.io import atomic_write_text, read_json, write_json
 METRIC_NAMES = {"accuracy": "accuracy", "entity_f1": "entity F1"}
 
 
-def collect_results(out: Path, folders: list[Path], notes: list[str] | None = None) -> dict[str, Any]:
-    """The table of the runs in `folders` (finished, and all evaluated on the same test domains)."""
+def precisions(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the runs trained in and why, from each metrics.json's "train" record: one entry per (precision,
+    reason), with its count of runs, most runs first. Runs written before the reason was recorded say so."""
+    counts: dict[tuple[str, str], int] = {}
+    for r in runs:
+        train = r.get("train") if isinstance(r.get("train"), dict) else {}
+        precision = str(train.get("mixed_precision") or "not recorded")
+        precision = "fp32" if precision == "no" else precision
+        reason = str(train.get("precision_reason") or "")
+        counts[(precision, reason)] = counts.get((precision, reason), 0) + 1
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [{"precision": p, "reason": why, "runs": n} for (p, why), n in ordered]
+
+
+def precision_line(results: dict[str, Any]) -> str:
+    """One sentence: the precision(s) the table's runs trained in, why, and the CPU that wrote the table."""
+    parts = []
+    entries = results.get("precision") or []
+    total = sum(e["runs"] for e in entries)
+    for e in entries:
+        why = e["reason"].partition(": ")[2] if e["reason"] else "reason not recorded"
+        share = f"all {e['runs']} runs" if e["runs"] == total and total > 1 else f"{e['runs']} of {total} runs"
+        parts.append(f"{e['precision']} ({why}; {share})")
+    text = "Trained in " + ("; ".join(parts) if parts else "an unrecorded precision") + "."
+    m = results.get("machine") or {}
+    if m:
+        features = ", ".join(m.get("cpu_features") or []) or "none of avx2, avx512f, avx512_bf16, amx_bf16"
+        gpus = m.get("cuda_devices") or []
+        text += (f" Machine: {m.get('cpu') or 'unknown CPU'} (features: {features}), "
+                 f"{m.get('logical_cores') or '?'} logical cores"
+                 + (f", CUDA: {', '.join(gpus)}" if gpus else ", no GPU")
+                 + f"; torch {m.get('torch') or '?'}.")
+    return text
+
+
+def collect_results(out: Path, folders: list[Path], notes: list[str] | None = None,
+                    machine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The table of the runs in `folders` (finished, and all evaluated on the same test domains).
+
+    `machine` (``dogetickets.machine.describe()`` of the process writing the table) is summarized beside the
+    precision the runs recorded, so a table says what produced it."""
     runs = [read_json(folder / "metrics.json") for folder in folders]
     if not runs:
         raise DogeError(f"{out}: no finished runs")
@@ -64,7 +103,9 @@ def collect_results(out: Path, folders: list[Path], notes: list[str] | None = No
             "mean": avg([r["test"]["mean"] for r in rs]),
             "worst": avg([r["test"]["worst"] for r in rs]),
         })
-    return {"metric": runs[0]["metric"], "test_domains": domains, "rows": rows, "notes": notes or []}
+    keep = ("cpu", "cpu_features", "logical_cores", "cuda_devices", "torch")
+    return {"metric": runs[0]["metric"], "test_domains": domains, "rows": rows, "notes": notes or [],
+            "precision": precisions(runs), "machine": {k: machine.get(k) for k in keep} if machine else {}}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -81,6 +122,7 @@ def markdown(results: dict[str, Any]) -> str:
         cells = [r["row"], f"{r['sparsity']:.1%}", *(f"{100 * r['test'][d]:.1f}" for d in doms),
                  f"{100 * r['mean']:.1f}", f"{100 * r['worst']:.1f}", f"{100 * r['dev']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", precision_line(results)]
     if results["notes"]:
         lines += ["", *(f"Note: {n}" for n in results["notes"])]
     return "\n".join(lines) + "\n"
@@ -89,7 +131,8 @@ def markdown(results: dict[str, Any]) -> str:
 def rich_table(results: dict[str, Any]) -> Table:
     doms = results["test_domains"]
     metric = METRIC_NAMES.get(results["metric"], results["metric"])
-    table = Table(title=f"test {metric} (%) by unseen domain", caption="\n".join(results["notes"]) or None)
+    caption = "\n".join([precision_line(results), *results["notes"]])
+    table = Table(title=f"test {metric} (%) by unseen domain", caption=caption)
     for col in ["", "sparsity", *doms, "mean", "worst", "dev"]:
         table.add_column(col, justify="left" if not col else "right")
     for r in results["rows"]:

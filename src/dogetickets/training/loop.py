@@ -9,10 +9,9 @@ at zero after every step.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import platform
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from dogetickets.data.batching import collate, model_inputs, to_device
 from dogetickets.data.tasks import Encoded, Task
 from dogetickets.errors import DogeError, TrainingFailed
 from dogetickets.evaluate import metrics, predict, shard, unshard
+from dogetickets.machine import BF16_FLAGS, cpu_flags
 from dogetickets.models.units import Units, apply_masks
 from dogetickets.progress import progress_bar
 from dogetickets.training.objectives import Objective
@@ -37,19 +37,7 @@ from dogetickets.training.objectives import Objective
 _ACCELERATOR: dict[str, Accelerator] = {}  # at most one: {its mixed precision: it}
 
 
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (/proc/cpuinfo on Linux x86); empty elsewhere or when unreadable."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return frozenset()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return frozenset()
+AUTO_PRECISION_ENV = "DOGE_AUTO_PRECISION"  # "no" / "bf16": what "auto" resolves to, whatever the hardware
 
 
 def native_bf16() -> bool:
@@ -57,15 +45,54 @@ def native_bf16() -> bool:
     with AVX512-BF16 or AMX."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_flags() & set(BF16_FLAGS))
+
+
+def _auto_override() -> str | None:
+    """$DOGE_AUTO_PRECISION ("no" or "fp32", "bf16"), or None when unset; anything else is an error."""
+    raw = os.environ.get(AUTO_PRECISION_ENV, "").strip().lower()
+    if not raw:
+        return None
+    if raw in ("no", "fp32"):
+        return "no"
+    if raw == "bf16":
+        return "bf16"
+    raise DogeError(f"{AUTO_PRECISION_ENV}={raw!r}: expected 'no' (fp32) or 'bf16'")
 
 
 def resolve_precision(mixed_precision: str) -> str:
-    """The precision a `train.mixed_precision` value trains in: "auto" is "bf16" where `native_bf16()`, else
+    """The precision a `train.mixed_precision` value trains in: "auto" is $DOGE_AUTO_PRECISION where set
+    (a way to run as on a machine without bf16, or to force it), else "bf16" where `native_bf16()`, else
     "no" (fp32); "no", "bf16" and "fp16" are themselves."""
     if mixed_precision == "auto":
+        forced = _auto_override()
+        if forced is not None:
+            return forced
         return "bf16" if native_bf16() else "no"
     return mixed_precision
+
+
+def precision_name(precision: str) -> str:
+    """A resolved precision as a reader names it: "fp32" for "no"."""
+    return "fp32" if precision == "no" else precision
+
+
+def precision_reason(mixed_precision: str) -> str:
+    """Why `mixed_precision` trains in what `resolve_precision` says, in a few words: the setting, the
+    environment variable, or the hardware feature that decided "auto"."""
+    resolved = precision_name(resolve_precision(mixed_precision))
+    if mixed_precision != "auto":
+        return f"{resolved}: set by train.mixed_precision"
+    if _auto_override() is not None:
+        return f"{resolved}: 'auto' forced by {AUTO_PRECISION_ENV}={os.environ[AUTO_PRECISION_ENV].strip()}"
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        has = "supports" if native_bf16() else "lacks native"
+        return f"{resolved}: 'auto' on CUDA ({name} {has} bf16)"
+    found = sorted(cpu_flags() & set(BF16_FLAGS))
+    if found:
+        return f"{resolved}: 'auto' on a CPU with {', '.join(found)}"
+    return f"{resolved}: 'auto' on a CPU without {' or '.join(BF16_FLAGS)}"
 
 
 def get_accelerator(mixed_precision: str = "no") -> Accelerator:
@@ -103,6 +130,7 @@ class TrainResult:
     train_examples_per_s: float
     stopped_early: bool
     mixed_precision: str  # what the training ran in ("auto" resolved): no | bf16 | fp16
+    precision_reason: str = ""  # why (precision_reason): the setting, or what decided "auto"
     history: list[dict[str, Any]] = field(default_factory=list)
     best_dev_predictions: list | None = None  # the kept checkpoint's dev predictions (no re-run)
 
@@ -262,6 +290,7 @@ def train(
         train_examples_per_s=seen / train_time if train_time else 0.0,
         stopped_early=stopped,
         mixed_precision=precision,
+        precision_reason=precision_reason(cfg.mixed_precision),
         history=history,
         best_dev_predictions=best_preds,
     )
