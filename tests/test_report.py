@@ -26,7 +26,7 @@ from dogetickets.report.stats import (
     metric_from_sums,
     paired_bootstrap,
 )
-from dogetickets.report.tables import summarize, table2
+from dogetickets.report.tables import p_value, points, summarize, table2
 
 TEST_DOMAINS = ("Software", "Movies")
 DEV_DOMAINS = ("All_Beauty", "Automotive")
@@ -288,8 +288,14 @@ def test_bootstrap_difference_is_exact_and_in_ci(runs: pd.DataFrame) -> None:
 def test_bootstrap_identical_predictions(run_dir: Path) -> None:
     a = run_dir / "seed0" / "rewind" / "doge-s30-l100"
     res = paired_bootstrap([(a, a)], metric="accuracy", n_boot=300, seed=1)
-    assert res["diff"] == 0.0 and res["ci_low"] == 0.0 and res["ci_high"] == 0.0
-    assert res["p_value"] == pytest.approx(1.0)
+    assert res["diff"] == 0.0 and res["ex_ci_low"] == 0.0 and res["ex_ci_high"] == 0.0
+    assert res["ex_p_value"] == pytest.approx(1.0)
+    # one seed: no seed level, so no two-level interval and no power
+    assert math.isnan(res["ci_low"]) and math.isnan(res["p_value"]) and math.isnan(res["mdd"])
+    # two seeds of identical predictions: a zero-width two-level interval, p = 1
+    b = run_dir / "seed1" / "rewind" / "doge-s30-l100"
+    two = paired_bootstrap([(a, a), (b, b)], n_boot=100)
+    assert two["ci_low"] == two["ci_high"] == 0.0 and two["p_value"] == 1.0 and two["t_p_value"] == 1.0
 
 
 def _accuracy_run(folder: Path, correct: dict[str, list[bool]]) -> Path:
@@ -309,8 +315,8 @@ def test_bootstrap_identical_runs_give_no_difference(tmp_path: Path) -> None:
     a = _accuracy_run(tmp_path / "a", correct)
     b = _accuracy_run(tmp_path / "b", correct)  # another run, the same predictions
     res = paired_bootstrap([(a, b)], n_boot=500, seed=0)
-    assert res["diff"] == 0.0 and res["ci_low"] == 0.0 and res["ci_high"] == 0.0
-    assert res["p_value"] == 1.0
+    assert res["diff"] == 0.0 and res["ex_ci_low"] == 0.0 and res["ex_ci_high"] == 0.0
+    assert res["ex_p_value"] == 1.0
     assert res["a"] == res["b"] == pytest.approx(np.mean([np.mean(v) for v in correct.values()]))
 
 
@@ -320,10 +326,10 @@ def test_bootstrap_large_true_difference_is_significant(tmp_path: Path) -> None:
     b = _accuracy_run(tmp_path / "b", {d: [i % 2 == 0 for i in range(150)] for d in ("x", "y")})
     res = paired_bootstrap([(a, b)], n_boot=1000, seed=0)
     assert res["diff"] == 0.5 and res["n_examples"] == 300
-    assert res["p_value"] < 0.01 and res["p_value"] == pytest.approx(1 / 1001)
-    assert 0 < res["ci_low"] <= 0.5 <= res["ci_high"]
+    assert res["ex_p_value"] < 0.01 and res["ex_p_value"] == pytest.approx(1 / 1001)
+    assert 0 < res["ex_ci_low"] <= 0.5 <= res["ex_ci_high"]
     back = paired_bootstrap([(b, a)], n_boot=1000, seed=0)
-    assert back["diff"] == -0.5 and back["p_value"] < 0.01 and back["ci_high"] < 0
+    assert back["diff"] == -0.5 and back["ex_p_value"] < 0.01 and back["ex_ci_high"] < 0
 
 
 def test_bootstrap_clear_difference_is_significant(run_dir: Path) -> None:
@@ -331,7 +337,7 @@ def test_bootstrap_clear_difference_is_significant(run_dir: Path) -> None:
     b = run_dir / "seed0" / "rewind" / "random-s30"  # 60%
     res = paired_bootstrap([(a, b)], n_boot=1000, seed=0)
     assert res["diff"] == pytest.approx(0.3)
-    assert res["p_value"] < 0.01 and res["ci_low"] > 0
+    assert res["ex_p_value"] < 0.01 and res["ex_ci_low"] > 0
 
 
 def _pair_of_runs(root: Path, domains: tuple[str, ...], rng: np.random.Generator, n: int = 200) -> tuple[Path, Path]:
@@ -344,12 +350,18 @@ def _pair_of_runs(root: Path, domains: tuple[str, ...], rng: np.random.Generator
 def test_bootstrap_over_datasets_is_the_mean_of_the_datasets(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     ds1 = [_pair_of_runs(tmp_path / "d1" / f"s{k}", ("x", "y"), rng) for k in range(2)]  # two seeds
-    ds2 = [_pair_of_runs(tmp_path / "d2", ("z",), rng)]
+    ds2 = [_pair_of_runs(tmp_path / "d2" / f"s{k}", ("z",), rng) for k in range(3)]  # three seeds
     one = [paired_bootstrap(ds, n_boot=200, seed=0) for ds in (ds1, ds2)]
     both = bootstrap_over_datasets([(ds1, "accuracy"), (ds2, "accuracy")], n_boot=2000, seed=0)
     for key in ("diff", "a", "b"):
         assert both[key] == pytest.approx((one[0][key] + one[1][key]) / 2)
     assert both["ci_low"] < both["diff"] < both["ci_high"] and both["n_examples"] == 600
+    assert both["ex_ci_low"] < both["diff"] < both["ex_ci_high"]
+    # the seed levels of independent datasets add up (over K^2): seeds resampled within each dataset
+    assert both["var_seed_level"] == pytest.approx((one[0]["var_seed_level"] + one[1]["var_seed_level"]) / 4)
+    # a dataset with one seed has no seed level: no two-level interval over datasets either
+    alone = bootstrap_over_datasets([(ds1, "accuracy"), (ds2[:1], "accuracy")], n_boot=200, seed=0)
+    assert math.isnan(alone["ci_low"]) and alone["ex_ci_low"] < alone["diff"] < alone["ex_ci_high"]
 
 
 def test_bootstrap_over_datasets_draws_a_shared_test_domain_once(tmp_path: Path) -> None:
@@ -362,7 +374,7 @@ def test_bootstrap_over_datasets_draws_a_shared_test_domain_once(tmp_path: Path)
     shutil.copytree(tmp_path / "d1", copy)
     alone = paired_bootstrap(ds, n_boot=1000, seed=0)
     twice = bootstrap_over_datasets([(ds, "accuracy"), ([(copy / "a", copy / "b")], "accuracy")], n_boot=1000)
-    for key in ("diff", "ci_low", "ci_high", "p_value"):
+    for key in ("diff", "ex_ci_low", "ex_ci_high", "ex_p_value"):
         assert twice[key] == pytest.approx(alone[key], abs=1e-12)
     assert twice["n_examples"] == alone["n_examples"] == 400
     # the same domains with other examples (other gold labels) are other populations: drawn independently
@@ -373,7 +385,7 @@ def test_bootstrap_over_datasets_draws_a_shared_test_domain_once(tmp_path: Path)
             r["gold"] = r["pred"] = 2  # another label set of examples, correctness unchanged
         (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     apart = bootstrap_over_datasets([(ds, "accuracy"), (other, "accuracy")], n_boot=2000, seed=0)
-    widths = [x["ci_high"] - x["ci_low"] for x in (paired_bootstrap(ds, n_boot=2000), apart)]
+    widths = [x["ex_ci_high"] - x["ex_ci_low"] for x in (paired_bootstrap(ds, n_boot=2000), apart)]
     assert apart["n_examples"] == 800 and 0.55 < widths[1] / widths[0] < 0.9
 
 
@@ -389,8 +401,9 @@ def test_bootstrap_table_over_datasets_rows(run_dir: Path, tmp_path: Path) -> No
     for comp, row in over.iterrows():
         per = boot[(boot.comparison == comp) & (boot.seed == "mean") & (boot.dataset != ALL_DATASETS)]
         assert len(per) == 2 and row["diff"] == pytest.approx(per["diff"].mean())
-        # B is a copy of A: the same examples, drawn together, so the same CI as A alone
-        assert (row["ci_low"], row["ci_high"]) == pytest.approx((per["ci_low"].iloc[0], per["ci_high"].iloc[0]))
+        # B is a copy of A: the same examples, drawn together, so the same test-set noise as A alone
+        assert (row["ex_ci_low"], row["ex_ci_high"]) == pytest.approx((per["ex_ci_low"].iloc[0],
+                                                                      per["ex_ci_high"].iloc[0]))
     assert set(boot[boot.dataset == "amazonB"].comparison) >= {"doge-nc - erm"}
     one = bootstrap_table(select_dev(load_all([run_dir])), n_boot=300, seed=0)
     assert ALL_DATASETS not in set(one.dataset)
@@ -640,10 +653,11 @@ def test_summary_numbers(run_dir: Path, tmp_path: Path) -> None:
     block_b = summary.split("### amazonB (Acc)\n", 1)[1].split("###", 1)[0]
     overall = summary.split("### Overall (mean over datasets)\n", 1)[1]
     assert line(block_a, "doge tickets - ERM (fine-tuning)").startswith(f"- doge tickets - ERM (fine-tuning): "
-                                                                         f"{pts(da)} (2 of 2 seeds ahead; ")
+                                                                         f"{pts(da)} (2 of 2 seeds ahead: +12.5, "
+                                                                         "+15.0; two-level 95% CI [")
     assert pts(da) == "+13.8 points" and pts(db) == "-2.5 points"
-    assert f"{pts(db)} (1 of 2 seeds ahead; " in line(block_b, "doge tickets - ERM (fine-tuning)")
-    assert f"{pts(dw)} (2 of 2 seeds ahead; " in line(block_a, "doge tickets - winning tickets")
+    assert f"{pts(db)} (1 of 2 seeds ahead: +12.5, -17.5; " in line(block_b, "doge tickets - ERM (fine-tuning)")
+    assert f"{pts(dw)} (2 of 2 seeds ahead: +17.5, +20.0; " in line(block_a, "doge tickets - winning tickets")
     # doge-nc vs ERM is summarized too (dataset B has no doge-nc)
     nc_line = line(block_a, "doge tickets (noise-corrected var.) - ERM (fine-tuning)")
     assert f"{pts(dnc)} (2 of 2 seeds ahead" in nc_line and pts(dnc) == "+6.2 points"
@@ -658,19 +672,22 @@ def test_summary_numbers(run_dir: Path, tmp_path: Path) -> None:
         if f"{a_} - {b_}" in boot.index:
             pooled = boot.loc[f"{a_} - {b_}"]
             assert text.endswith(
-                f"; pooled bootstrap 95% CI [{100 * pooled.ci_low:+.1f}, {100 * pooled.ci_high:+.1f}], "
-                f"p = {pooled.p_value:.3f})"
+                f"; two-level 95% CI [{points(pooled.ci_low)}, {points(pooled.ci_high)}], "
+                f"p = {p_value(pooled.p_value)}; test-set noise only [{points(pooled.ex_ci_low)}, "
+                f"{points(pooled.ex_ci_high)}], p = {p_value(pooled.ex_p_value)})"
             ), text
+            assert pooled.ci_high - pooled.ci_low > pooled.ex_ci_high - pooled.ex_ci_low  # seeds disagree here
         else:
-            assert text.endswith(" seeds ahead)"), text
+            assert "95% CI" not in text and "test-set noise" not in text, text
     assert "doge - erm" in boot.index
     # overall: mean over datasets of the per-dataset means; seeds ahead counted over both datasets
     overall_erm = statistics.mean([statistics.mean(da), statistics.mean(db)])  # +5.625
     both = pd.read_csv(tmp_path / "rep" / "bootstrap.csv")
     both = both[both.dataset == ALL_DATASETS].set_index("comparison").loc["doge - erm"]
     assert line(overall, "doge tickets - ERM (fine-tuning)").endswith(
-        f"{100 * overall_erm:+.1f} points (mean over 2 datasets; 3 of 4 seeds ahead; pooled bootstrap 95% CI "
-        f"[{100 * both.ci_low:+.1f}, {100 * both.ci_high:+.1f}], p = {both.p_value:.3f})"
+        f"{100 * overall_erm:+.1f} points (mean over 2 datasets; 3 of 4 seeds ahead; two-level 95% CI "
+        f"[{points(both.ci_low)}, {points(both.ci_high)}], p = {p_value(both.p_value)}; test-set noise only "
+        f"[{points(both.ex_ci_low)}, {points(both.ex_ci_high)}], p = {p_value(both.ex_p_value)})"
     )
     assert line(overall, "doge tickets (noise-corrected var.) - ERM (fine-tuning)").endswith(
         f"{pts(dnc)} (mean over 1 of 2 datasets; 2 of 2 seeds ahead)"
@@ -887,10 +904,18 @@ def test_no_allocation_section_without_allocation_variants(report: Path) -> None
     assert "Ticket allocations compared" not in report.read_text()
 
 
-def test_points_that_round_to_zero_have_no_minus_sign() -> None:
+def test_points_that_round_to_zero_keep_their_side() -> None:
+    """A bound of -0.02 points is printed as such, not as +0.0 (the study printed [+0.0, +0.5] for it)."""
     from dogetickets.report import _pct
 
-    assert [_pct(-0.0001, True), _pct(-0.0001), _pct(-0.0006, True), _pct(0.123)] == ["+0.0", "0.0", "-0.1", "12.3"]
+    assert [points(-0.0002), points(0.0002), points(-0.00004), points(0.00049), points(0.0005)] == [
+        "-0.02", "+0.02", "-0.004", "+0.05", "+0.1"]  # the last two: already nonzero at one decimal
+    assert [points(0.0), points(1e-17), points(-1e-17), points(float("nan")), points(None)] == ["0.0", "0.0", "0.0",
+                                                                                                "", ""]
+    assert [points(0.123), points(-0.0123), points(-0.0006)] == ["+12.3", "-1.2", "-0.1"]
+    assert points(-0.0002, signed=False) == "-0.02" and points(0.00002, digits=2) == "+0.002"
+    assert [_pct(-0.0001, True), _pct(-0.0001), _pct(-0.0006, True), _pct(0.123)] == ["-0.01", "0.0", "-0.1", "12.3"]
+    assert [p_value(0.0004), p_value(0.0123), p_value(float("nan"))] == ["< 0.001", "0.012", ""]
 
 
 def test_report_of_some_seeds_reads_only_them(run_dir: Path, tmp_path: Path) -> None:
@@ -911,3 +936,131 @@ def test_report_of_some_seeds_reads_only_them(run_dir: Path, tmp_path: Path) -> 
     assert f"| doge tickets | {doge} |" in md
     assert "--seeds 1" in _section(md, "Reproduce")
     assert [s for s, _ in seed_dirs(run_dir)] == [0, 1]  # the filter ends with the report
+
+
+# ---- two-level columns, power, the paper side by side -----------------------------------------------------
+def test_bootstrap_table_two_level_columns(runs: pd.DataFrame) -> None:
+    from scipy import stats as sps
+
+    from dogetickets.report.stats import COLUMNS
+
+    boot = bootstrap_table(select_dev(runs), n_boot=300, seed=0)
+    assert list(boot.columns) == COLUMNS
+    rows = boot[boot.comparison == "doge - erm"].set_index("seed")
+    per_seed = rows.loc[["0", "1"]]
+    assert per_seed["ci_low"].isna().all() and per_seed["t_p_value"].isna().all()  # one seed: no seed level
+    assert (per_seed["ex_ci_low"] < per_seed["diff"]).all() and (per_seed["diff"] < per_seed["ex_ci_high"]).all()
+    pooled = rows.loc["mean"]
+    assert pooled["se"] ** 2 == pytest.approx(pooled["var_seed_level"] + pooled["var_shared"])
+    assert pooled["var_seed_level"] == pytest.approx(np.var(per_seed["diff"], ddof=1) / 2)
+    t = sps.ttest_1samp(per_seed["diff"].to_numpy(float), 0.0)
+    assert pooled["t_p_value"] == pytest.approx(t.pvalue)
+    assert (pooled["t_ci_low"], pooled["t_ci_high"]) == pytest.approx(tuple(t.confidence_interval(0.95)))
+    assert pooled["ci_low"] < pooled["diff"] < pooled["ci_high"] and pooled["n_seeds"] == 2
+    assert pooled["mdd"] > 0 and pooled["for_1pt"]
+
+
+def test_report_power_section_and_coarse_seeds_note(report: Path) -> None:
+    md = report.read_text()
+    assert "With 3 seeds a bootstrap over seeds is coarse" in _section(md, "Paired bootstrap")
+    assert "two-level 95% CI" in _section(md, "Paired bootstrap")
+    assert "test-set noise only 95% CI" in _section(md, "Paired bootstrap")
+    power = _section(md, "Power")
+    boot = pd.read_csv(report.parent / "bootstrap.csv")
+    pooled = boot[boot.seed.astype(str) == "mean"].set_index("comparison")
+    for comp, label in (("doge - erm", "doge tickets - ERM (fine-tuning)"),
+                        ("doge - winning", "doge tickets - winning tickets")):
+        row = pooled.loc[comp]
+        (line,) = [x for x in power.splitlines() if x.startswith(f"- amazonA, {label}: ")]
+        assert f"detects {100 * row.mdd:.1f} points with 80% power (2 seeds, 40 test examples); 1 point needs " \
+               f"{row.for_1pt}." in line
+    assert "known only within a factor of" in power
+
+
+def _paper_config(root: Path, train: list[str], test: list[str], dataset: str = "amazon") -> None:
+    (root / "config.toml").write_text(
+        f'[run]\nout = "{root}"\n[model]\nname = "minilm"\n[data]\ndataset = "{dataset}"\n'
+        f"max_train_per_domain = 1000\ntrain_domains = {json.dumps(train)}\ntest_domains = {json.dumps(test)}\n"
+    )
+
+
+AMAZON_A = (["All_Beauty", "Automotive", "Digital_Music", "Gift_Cards"],
+            ["Industrial_and_Scientific", "Movies_and_TV", "Software"])
+
+
+def test_paper_dataset_is_recognised_by_its_domains(tmp_path: Path) -> None:
+    from dogetickets.report import paper
+
+    d = tmp_path / "not_a_telling_name"
+    d.mkdir()
+    _paper_config(d, *AMAZON_A)
+    assert paper.identify(d).key == "amazon_a"
+    _paper_config(d, ["gift cards", "digital-music", "AUTOMOTIVE", "All Beauty"], list(reversed(AMAZON_A[1])))
+    assert paper.identify(d).key == "amazon_a"  # order, case and punctuation do not matter
+    _paper_config(d, AMAZON_A[1], AMAZON_A[0])  # training and test swapped: none of the paper's
+    assert paper.identify(d) is None
+    _paper_config(d, ["fiction", "government", "slate", "telephone"], ["facetoface", "letters", "nineeleven", "oup",
+                                                                       "verbatim"], "mnli")  # MNLI-4 (Table 4)
+    assert paper.identify(d) is None
+    _paper_config(d, ["bc", "bn", "mz", "nw"], ["tc", "wb"], "ontonote")
+    assert paper.identify(d).key == "ontonotes"
+    _paper_config(d, ["bc", "bn", "mz", "nw"], ["tc", "wb"], "amazon")  # another corpus
+    assert paper.identify(d) is None
+    (d / "config.toml").write_text('[run]\nout = "x"\n')
+    assert paper.identify(d) is None and paper.identify(tmp_path / "missing") is None
+
+
+def test_paper_table2_numbers_are_the_papers() -> None:
+    """paper.TABLE2 against the brief's numbers and, when the paper's text is at hand, its Table 2."""
+    import re
+
+    from dogetickets.report import paper
+
+    assert [paper.TABLE2["erm"][k] for k in ("amazon_a", "amazon_b", "amazon_c")] == [69.8, 72.6, 69.6]
+    assert [paper.TABLE2["doge"][k] for k in ("amazon_a", "amazon_b", "amazon_c")] == [71.7, 73.8, 72.2]
+    assert paper.score("doge-nc-balanced", "amazon_a") is None and paper.score("doge-balanced", "mnli") == 85.0
+    text_path = Path(__file__).resolve().parents[2] / "shared" / "paper" / "doge-tickets.md"
+    if not text_path.is_file():
+        pytest.skip("the paper's text is not here")
+    text = text_path.read_text(encoding="utf-8")
+    table = text[text.index("Model\tAMAZONA"):text.index("Table 2:")]
+    rows = {"BERT": "erm", "w/IRM": "irm", "w/ random tickets": "random", "w/ winning tickets": "winning",
+            "w/ doge tickets": "doge"}
+    keys = ["amazon_a", "amazon_b", "amazon_c", "mnli", "ontonotes", "average"]
+    for line in table.splitlines():
+        cells = line.split("\t")
+        if cells[0] in rows:
+            method = rows.pop(cells[0])
+            assert [float(c) for c in cells[1:7]] == [paper.TABLE2[method][k] for k in keys], method
+            assert float(re.sub("%", "", cells[7])) == paper.SPARSITY[method]
+    assert not rows
+
+
+def test_report_puts_the_papers_table2_beside_our_oracle(run_dir: Path, tmp_path: Path) -> None:
+    a = tmp_path / "first"
+    shutil.copytree(run_dir, a)
+    _paper_config(a, *AMAZON_A)
+    other = tmp_path / "second"
+    shutil.copytree(run_dir, other)
+    _paper_config(other, ["x1", "x2"], ["y1"])
+    md = write_report([a, other], out=tmp_path / "rep", n_boot=20).read_text()
+    sec = _section(md, "The paper's Table 2 beside ours (optimistic protocol)")
+    assert "optimistic" in sec and "best out-of-domain test score" in sec
+
+    def row(model: str) -> list[str]:
+        (found,) = [x for x in sec.splitlines() if x.startswith(f"| first (Amazon A) | {model} |")]
+        return [c.strip() for c in found.strip("|").split("|")][2:]
+
+    oracle = {m: statistics.mean(expected_mean(s, TEST_BEST[m]) for s in RESULTS) for m in TEST_BEST}
+    dev = {m: statistics.mean(expected_mean(s, DEV_BEST[m]) for s in RESULTS) for m in DEV_BEST}
+    assert row("ERM (fine-tuning)") == ["69.8", f"{100 * oracle['erm']:.1f}", f"{100 * dev['erm']:.1f}"]
+    assert row("doge tickets") == ["71.7", f"{100 * oracle['doge']:.1f}", f"{100 * dev['doge']:.1f}"]
+    assert row("doge tickets - ERM (fine-tuning)") == [
+        "+1.9", points(oracle["doge"] - oracle["erm"]), points(dev["doge"] - dev["erm"])]
+    assert "| second (" not in sec and "Not in the paper's Table 2: second" in sec
+    assert "first is the paper's Amazon A; setup differs: model minilm (paper: bert-base-uncased); 1,000 " \
+           "training examples per domain (paper: 5,400)" in sec
+    # none of the paper's datasets: the section says so
+    md = write_report([other], out=tmp_path / "rep2", n_boot=20).read_text()
+    assert "nothing to compare with the paper's Table 2" in _section(
+        md, "The paper's Table 2 beside ours (optimistic protocol)")

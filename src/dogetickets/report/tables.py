@@ -9,6 +9,7 @@ and are upper bounds, not results.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,29 @@ ORACLE = "oracle (test-selected)"
 
 def pct(x: float, digits: int = 1) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
+
+
+def points(x: float | None, digits: int = 1, signed: bool = True) -> str:
+    """A difference or a bound `x` (a fraction of the metric) in points, signed, with `digits` decimals; one
+    that would round to zero but is not zero keeps its side: as many decimals as its first significant
+    digit needs (-0.0002 -> "-0.02", not "+0.0"). Zero (within 1e-12 of the metric, float noise) -> "0.0";
+    NaN or None -> ""."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    v = 100 * float(x)
+    if abs(v) < 1e-10:
+        return f"{0.0:.{digits}f}"
+    d = digits
+    while float(f"{v:.{d}f}") == 0:
+        d += 1
+    return f"{v:+.{d}f}" if signed else f"{v:.{d}f}"
+
+
+def p_value(p: float | None) -> str:
+    """A p-value: three decimals, "< 0.001" below."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return ""
+    return "< 0.001" if p < 0.0005 else f"{p:.3f}"
 
 
 def mean_std(values: list[float] | np.ndarray) -> tuple[float, float, int]:
@@ -116,6 +140,55 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
             row[oracle_cols[-1]] = pct(float(np.mean(omeans))) if ok else "-"
         out.append(row)
     return pd.DataFrame(out, columns=list(header))
+
+
+def _cell(means: dict[tuple[str, str], float], method: str, selection: str) -> float:
+    return means.get((method, selection), math.nan)
+
+
+def paper_table(runs: pd.DataFrame, datasets: dict[str, Any]) -> pd.DataFrame:
+    """The paper's Table 2 beside ours, for the run directories that are one of its datasets.
+
+    `datasets`: our dataset name -> :class:`report.paper.PaperDataset`. One row per (dataset, method), then
+    one per (dataset, method - ERM): the paper's number (%), ours test-selected (the paper's protocol: per
+    seed the configuration with the best test mean, then the mean over seeds) and ours dev-selected (the
+    reported result). Differences are differences of those means, in points."""
+    from dogetickets.report import paper
+
+    summary = summarize(runs)
+    rows: list[dict[str, str]] = []
+    for name, pd_ in datasets.items():
+        sub = summary[summary["dataset"] == name]
+        methods = registry.ordered(sub["method"])
+        means = {
+            (m, sel): float(g["test_mean"].iloc[0])
+            for (m, sel), g in sub.groupby(["method", "selection"], sort=False)
+        }
+        cell = functools.partial(_cell, means)
+        for m in methods:
+            ps = paper.score(m, pd_.key)
+            rows.append({
+                "dataset": f"{name} ({pd_.label})",
+                "model": registry.label(m),
+                "paper (test-selected)": "-" if ps is None else f"{ps:.1f}",
+                f"ours, {ORACLE}": pct(cell(m, "oracle")) or "-",
+                "ours, dev-selected": pct(cell(m, "dev")) or "-",
+            })
+        if "erm" not in methods:
+            continue
+        for m in methods:
+            if m == "erm":
+                continue
+            ps, pe = paper.score(m, pd_.key), paper.score("erm", pd_.key)
+            rows.append({
+                "dataset": f"{name} ({pd_.label})",
+                "model": f"{registry.label(m)} - {registry.label('erm')}",
+                "paper (test-selected)": "-" if ps is None or pe is None else points((ps - pe) / 100),
+                f"ours, {ORACLE}": points(cell(m, "oracle") - cell("erm", "oracle")) or "-",
+                "ours, dev-selected": points(cell(m, "dev") - cell("erm", "dev")) or "-",
+            })
+    cols = ["dataset", "model", "paper (test-selected)", f"ours, {ORACLE}", "ours, dev-selected"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
