@@ -671,10 +671,12 @@ def test_summary_numbers(run_dir: Path, tmp_path: Path) -> None:
         text = line(block_a, base)
         if f"{a_} - {b_}" in boot.index:
             pooled = boot.loc[f"{a_} - {b_}"]
+            null = (f"; not significant, and this design detects only about {100 * pooled.mdd:.1f} points or more "
+                    "(80% power)" if pooled.p_value >= 0.05 else "")
             assert text.endswith(
                 f"; two-level 95% CI [{points(pooled.ci_low)}, {points(pooled.ci_high)}], "
                 f"p = {p_value(pooled.p_value)}; test-set noise only [{points(pooled.ex_ci_low)}, "
-                f"{points(pooled.ex_ci_high)}], p = {p_value(pooled.ex_p_value)})"
+                f"{points(pooled.ex_ci_high)}], p = {p_value(pooled.ex_p_value)}{null})"
             ), text
             assert pooled.ci_high - pooled.ci_low > pooled.ex_ci_high - pooled.ex_ci_low  # seeds disagree here
         else:
@@ -684,10 +686,12 @@ def test_summary_numbers(run_dir: Path, tmp_path: Path) -> None:
     overall_erm = statistics.mean([statistics.mean(da), statistics.mean(db)])  # +5.625
     both = pd.read_csv(tmp_path / "rep" / "bootstrap.csv")
     both = both[both.dataset == ALL_DATASETS].set_index("comparison").loc["doge - erm"]
+    assert both.p_value >= 0.05  # B's seed 1 disagrees
     assert line(overall, "doge tickets - ERM (fine-tuning)").endswith(
         f"{100 * overall_erm:+.1f} points (mean over 2 datasets; 3 of 4 seeds ahead; two-level 95% CI "
         f"[{points(both.ci_low)}, {points(both.ci_high)}], p = {p_value(both.p_value)}; test-set noise only "
-        f"[{points(both.ex_ci_low)}, {points(both.ex_ci_high)}], p = {p_value(both.ex_p_value)})"
+        f"[{points(both.ex_ci_low)}, {points(both.ex_ci_high)}], p = {p_value(both.ex_p_value)}; not significant, "
+        f"and this design detects only about {100 * both.mdd:.1f} points or more (80% power))"
     )
     assert line(overall, "doge tickets (noise-corrected var.) - ERM (fine-tuning)").endswith(
         f"{pts(dnc)} (mean over 1 of 2 datasets; 2 of 2 seeds ahead)"

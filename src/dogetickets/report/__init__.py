@@ -140,7 +140,7 @@ def _comparisons(sel: Any, boot: Any) -> list[tuple[str, str]]:
     return pairs
 
 
-_POOLED = ("ci_low", "ci_high", "p_value", "ex_ci_low", "ex_ci_high", "ex_p_value", "n_seeds")
+_POOLED = ("ci_low", "ci_high", "p_value", "ex_ci_low", "ex_ci_high", "ex_p_value", "n_seeds", "mdd")
 
 
 def _seed_diffs(dataset: str, a: str, b: str, chosen: Any, boot: Any) -> tuple[list[float], dict[str, float]]:
@@ -181,8 +181,10 @@ def _ci(pooled: dict[str, float]) -> str:
              f"p = {p_value(pooled['ex_p_value'])}")
     if math.isnan(pooled["ci_low"]):
         return f"; one seed: {noise}"
+    null = (f"; not significant, and this design detects only about {_pct(pooled['mdd'])} points or more (80% power)"
+            if pooled["p_value"] >= 0.05 and not math.isnan(pooled["mdd"]) else "")
     return (f"; two-level 95% CI {_interval(pooled['ci_low'], pooled['ci_high'])}, p = {p_value(pooled['p_value'])}; "
-            + noise)
+            + noise + null)
 
 
 def _per_seed(diffs: list[float]) -> str:
@@ -284,7 +286,9 @@ def _power_line(row: dict[str, Any]) -> str:
 
     a, _, b = str(row["comparison"]).partition(" - ")
     seeds, n = int(round(float(row["n_seeds"]))), int(round(float(row["n_examples_per_split"])))
-    per = " per dataset" if row["dataset"] == _all_datasets() else ""
+    from dogetickets.report.stats import ALL_DATASETS
+
+    per = " per dataset" if row["dataset"] == ALL_DATASETS else ""
     parts = ", ".join(
         f"{what} {1e4 * float(row[key]):.2g}"
         for what, key in (("seed effects", "var_seed"), ("test examples all seeds share", "var_shared"),
@@ -295,12 +299,6 @@ def _power_line(row: dict[str, Any]) -> str:
         f"({seeds} seeds, {n:,} test examples{per}); 1 point needs {row['for_1pt']}. Variance of the mean "
         f"difference, points^2: {parts}."
     )
-
-
-def _all_datasets() -> str:
-    from dogetickets.report.stats import ALL_DATASETS
-
-    return ALL_DATASETS
 
 
 def _power(doc: _Doc, boot: Any) -> None:
