@@ -329,3 +329,109 @@ def test_exported_model_loads_through_auto_classes(tmp_path, rewind_run, imports
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ(), timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "DogeBertForSequenceClassification"
+
+
+# ---- inputs refused before anything runs (issue 21) ------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory, minilm) -> Path:
+    """A tiny GPT-2 (no unit table: a decoder), with minilm's tokenizer so that only the architecture is wrong."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path_factory.mktemp("gpt2")
+    tok = AutoTokenizer.from_pretrained(minilm)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=len(tok), n_positions=64,
+                               bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+                               pad_token_id=tok.pad_token_id)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("command", ["finetune", "run", "prune --finetuned"])
+def test_model_without_unit_table_refused_before_any_stage(tmp_path, tiny_gpt2, command):
+    data, cfg = fake_amazon(tmp_path)
+    name, *flag = command.split()
+    res = doge(name, str(cfg), "--data-dir", str(data), "--out", str(tmp_path / "run"),
+               *(flag or ["--model"]), str(tiny_gpt2), "-q")
+    assert_one_line_error(res, "tickets.methods asks for tickets", f"model '{tiny_gpt2}' cannot have",
+                          "model type 'gpt2' has no unit table", "supported: bert")
+    assert not (tmp_path / "run").exists()  # nothing trained, no DONE marker, not even the run directory
+
+
+def test_boolean_label_in_released_file(tmp_path):
+    data, cfg = fake_amazon(tmp_path)
+    path = data / "amazon" / "Automotive" / "dev.json"
+    path.write_text(path.read_text() + json.dumps({"text": "yes", "label": True}) + "\n")  # line 3
+    res = doge("finetune", str(cfg), "--data-dir", str(data), "--out", str(tmp_path / "run"), "-q")
+    assert_one_line_error(res, f"{path}:3: label true is a boolean, not one of the labels of the released 'amazon' "
+                          "data (0 negative, 1 positive, 2 neutral)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_split_column_names_the_columns(tmp_path):
+    table = tmp_path / "reviews.csv"
+    table.write_text("text,label,domain\ngood,pos,a\nbad,neg,a\nfine,pos,b\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(textwrap.dedent(f"""
+        [data]
+        source = "file"
+        path = "{table}"
+        train_domains = ["a"]
+        test_domains = ["b"]
+        split_column = "split"
+    """))
+    res = doge("finetune", str(cfg), "--out", str(tmp_path / "run"), "-q")
+    assert_one_line_error(res, f"{table}:2: no column 'split' (config key 'data.split_column'); the columns are: "
+                          "text, label, domain")
+
+
+@pytest.mark.parametrize("choice", ["preview", "rewind"])
+def test_lambda_method_without_lambdas_is_a_config_error(tmp_path, choice):
+    data, cfg = fake_amazon(tmp_path)
+    res = doge("run", str(cfg), "--data-dir", str(data), "--out", str(tmp_path / "run"), "-q",
+               "--set", f'tickets.lambda_choice="{choice}"', "--set", "tickets.lambdas=[]")
+    assert_one_line_error(res, f"{cfg}: config key 'tickets.lambdas': empty, but tickets.methods has 'doge', which "
+                          f"takes a lambda (tickets.lambda_choice = '{choice}'")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A finished run of seed 0 on fake_amazon (ERM and one random ticket): (data, config, run directory)."""
+    root = tmp_path_factory.mktemp("finished")
+    data, cfg = fake_amazon(root)
+    run_dir = root / "run"
+    res = doge("run", str(cfg), "--data-dir", str(data), "--out", str(run_dir), "-q",
+               "--set", 'tickets.methods=["random"]')
+    assert res.returncode == 0, res.stderr[-3000:]
+    return data, cfg, run_dir
+
+
+def test_evaluate_refuses_a_finished_run_that_lost_its_model(tmp_path, finished_run):
+    data, cfg, original = finished_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(original, run_dir)
+    rewound = run_dir / "seed0" / "rewind" / "random-s30"
+    weights = rewound / "model" / "model.safetensors"
+    weights.unlink()
+    metrics = (rewound / "metrics.json").read_text()
+    args = (str(cfg), "--data-dir", str(data), "--out", str(run_dir), "-q", "--set", 'tickets.methods=["random"]')
+    res = doge("evaluate", *args)
+    assert_one_line_error(res, f"{weights}: missing, so its finished run cannot be evaluated: nothing was evaluated; "
+                          "`doge run` trains it again")
+    assert res.stdout == ""  # no table
+    assert (rewound / "metrics.json").read_text() == metrics
+    res = doge("run", *args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "redoing this stage" in res.stderr and weights.is_file()
+
+
+@pytest.mark.parametrize("seeds, needle", [
+    (["7"], "no finished runs of seed 7 (--seeds); its finished runs are of seed 0"),
+    (["0", "7", "9"], "no finished runs of seeds 7, 9 (--seeds); its finished runs are of seed 0"),
+])
+def test_report_names_the_seeds_a_run_lacks(tmp_path, finished_run, seeds, needle):
+    run_dir = finished_run[2]
+    res = doge("report", str(run_dir), "--out", str(tmp_path / "report"), "--n-boot", "10", "-q",
+               *(x for s in seeds for x in ("--seeds", s)))
+    assert_one_line_error(res, f"{run_dir}: {needle}")
+    assert not (tmp_path / "report" / "report.md").exists()

@@ -179,6 +179,16 @@ class TicketConfig(_Section):
     # small length-sorted batches score fastest on CPU (benchmarks/bench_core.py)
     score_batch_size: int = Field(16, gt=0)
 
+    @model_validator(mode="after")
+    def _lambdas_for_methods(self) -> TicketConfig:
+        takes = [m for m in self.methods if registry.get(m).uses_lambda]
+        if takes and not self.lambdas:
+            how = ("each lambda's ticket is rewound" if self.lambda_choice == "rewind"
+                   else "the best of them on dev is chosen")
+            raise _BadKey("lambdas", f"empty, but tickets.methods has {', '.join(map(repr, takes))}, which takes "
+                          f"a lambda (tickets.lambda_choice = {self.lambda_choice!r}: {how}); list at least one")
+        return self
+
 
 class RunConfig(_Section):
     out: str = "runs/doge"

@@ -172,7 +172,7 @@ class Pipeline:
         splits = load_splits(cfg, labels=self._saved_labels())
         task = make_task(cfg.data.task, splits.labels)
         tok = load_tokenizer(cfg.model.name)
-        _check_max_length(cfg)
+        _check_model(cfg, self.finetuned)
         self.timing["read data"] = time.perf_counter() - t0
         n = cfg.model.max_length
         t0 = time.perf_counter()
@@ -730,10 +730,18 @@ class Pipeline:
     def evaluate_all(self) -> None:
         """Re-evaluate every finished run of the config on its current dev and test data."""
         self.init_dir()
+        runs = [(job, self.folder(job)) for job in self.plan() if job.is_run and is_done(self.folder(job))]
+        # a run that keeps its model (a baseline; a rewind with run.save_models) and lost it: its numbers
+        # would be for a model that is not there, so nothing is evaluated
+        lost = [folder / "model" / "model.safetensors" for job, folder in runs
+                if (job.stage == "baseline" or self.cfg.run.save_models)
+                and not (folder / "model" / "model.safetensors").is_file()]
+        if lost:
+            more = f" (and {len(lost) - 1} more finished runs' models)" if len(lost) > 1 else ""
+            raise DogeError(f"{lost[0]}: missing{more}, so its finished run cannot be evaluated: nothing was "
+                            "evaluated; `doge run` trains it again")
         without_model = []
-        for _, folder in self._runs():
-            if not is_done(folder):
-                continue
+        for _, folder in runs:
             if (folder / "model" / "model.safetensors").is_file():
                 self._reevaluate(folder, recorded(folder) or {})
             elif (read_json_or_none(folder / "metrics.json") or {}).get("eval") != self._eval_settings():
@@ -897,16 +905,24 @@ def _intact(path: Path) -> bool:
     return path.suffix != ".json" or read_json_or_none(path) is not None
 
 
-def _check_max_length(cfg: Config) -> None:
-    """model.max_length within the model's position embeddings (else the first long example crashes)."""
+def _check_model(cfg: Config, finetuned: Path | None = None) -> None:
+    """The model fits the config, checked before any stage writes: model.max_length within its position
+    embeddings (else the first long example crashes) and, when the config asks for tickets, an architecture
+    with a unit table (else e.g. a GPT-2 would be fine-tuned for nothing, and refused only at pruning)."""
     from transformers import AutoConfig
 
-    from dogetickets.models.resolve import position_limit, resolve_model
+    from dogetickets.models.resolve import check_prunable, position_limit, resolve_model
 
-    limit = position_limit(AutoConfig.from_pretrained(resolve_model(cfg.model.name)))
+    config = AutoConfig.from_pretrained(resolve_model(cfg.model.name))
+    limit = position_limit(config)
     if limit is not None and cfg.model.max_length > limit:
         raise DogeError(f"config key 'model.max_length': {cfg.model.max_length} is more than model "
                         f"'{cfg.model.name}' can take ({limit} positions)")
+    if ticket_specs(cfg):
+        check_prunable(cfg.model.name, config, "tickets.methods")
+    if finetuned is not None and str(finetuned) != cfg.model.name:  # (`doge prune --finetuned` makes them one)
+        check_prunable(str(finetuned), AutoConfig.from_pretrained(resolve_model(str(finetuned))),
+                       "tickets.methods")
 
 
 def _save_model(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:

@@ -6,12 +6,14 @@ label names in id order. Bad input is a one-line `DogeError` naming the file and
 Labels have one type: every label value becomes a string (`_label_str`). Numbers (ints, floats,
 `True`/`False` as 1/0, and strings that are plain decimal numbers such as "2", "02", "2.0" or
 "4.50") take their canonical decimal form ("2", "4.5"); other strings are kept exactly. So `2`,
-`2.0` and `"2"` are one label. A label list comes from, in this order: the `labels` argument of
-`load_splits` (a run's saved list), `data.labels`, the fixed lists of the released datasets, or
-inference from the loaded examples (numbers in numeric order, names sorted; tagging: "O" first,
-then by entity type, B- before I-). An inferred list refuses labels differing only in case or
-surrounding spaces ("pos" and "Pos"), and, except for tagging, a label seen fewer than
-`RARE_COUNT` times that is also under `RARE_SHARE` of the examples: both are usually typos.
+`2.0` and `"2"` are one label. (The released datasets' files refuse `true`/`false`: their labels are
+ids and names, and `True == 1` must not make a boolean class 1.) A label list comes from, in this
+order: the `labels` argument of `load_splits` (a run's saved list), `data.labels`, the fixed lists
+of the released datasets, or inference from the loaded examples (numbers in numeric order, names
+sorted; tagging: "O" first, then by entity type, B- before I-). An inferred list refuses labels
+differing only in case or surrounding spaces ("pos" and "Pos"), and, except for tagging, a label
+seen fewer than `RARE_COUNT` times that is also under `RARE_SHARE` of the examples: both are usually
+typos.
 """
 
 from __future__ import annotations
@@ -219,10 +221,28 @@ def _released_file(cfg: DataConfig, root: Path, domain: str, split: str) -> list
         where = f"{path}:{lineno}"
         text = _text(obj, text_col, where, cfg.task)
         pair = _text(obj, pair_col, where, cfg.task) if cfg.task == "pair" else None
-        rows.append(_Raw(text, _field(obj, cfg.label_column, where), domain, where, pair))
+        label = _field(obj, cfg.label_column, where)
+        if cfg.dataset in RELEASED_LABELS and _has_bool(label):
+            what = "is a boolean" if isinstance(label, bool) else "holds a boolean"
+            raise DogeError(f"{where}: label {json.dumps(label)[:60]} {what}, not one of the labels of the released "
+                            f"'{cfg.dataset}' data ({_released_ids(cfg.dataset)})")
+        rows.append(_Raw(text, label, domain, where, pair))
     if not rows:
         raise DogeError(f"{path}: domain '{domain}' has no examples in split '{split}'")
     return rows
+
+
+def _has_bool(label: Any) -> bool:
+    """A JSON true/false in a label (or in a list of tags): never a label of the released data, whose
+    fixed label lists are ids and names (`True == 1` must not make it class 1)."""
+    return isinstance(label, bool) or (isinstance(label, list) and any(isinstance(t, bool) for t in label))
+
+
+def _released_ids(dataset: str) -> str:
+    """'0 negative, 1 positive, 2 neutral': a released dataset's label ids and names (the first few)."""
+    names = RELEASED_LABELS[dataset]
+    shown = ", ".join(f"{i} {name}" for i, name in enumerate(names[:4]))
+    return shown + (", ..." if len(names) > 4 else "")
 
 
 def _load_released(cfg: Config) -> dict[str, dict[str, list[_Raw]]]:
@@ -289,7 +309,10 @@ def _load_generic(cfg: Config) -> dict[str, dict[str, list[_Raw]]]:
         pair = _text(row, d.text_pair_column, where, d.task) if d.task == "pair" else None
         split = ""
         if d.split_column or "__split__" in row:
-            split = str(row.get(d.split_column) if d.split_column else row["__split__"]).lower()
+            if d.split_column and d.split_column not in row:
+                raise DogeError(f"{where}: no column '{d.split_column}' (config key 'data.split_column'); "
+                                f"the columns are: {', '.join(str(c) for c in row if c != '__split__')}")
+            split = str(_field(row, d.split_column, where) if d.split_column else row["__split__"]).lower()
             split = SPLIT_ALIASES.get(split, split)
             if split not in ("train", "dev", "test"):
                 raise DogeError(f"{where}: split '{split}' is not train, dev or test")

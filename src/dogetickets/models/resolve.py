@@ -181,3 +181,16 @@ def position_limit(config: transformers.PretrainedConfig) -> int | None:
     if config.model_type in ("roberta", "xlm-roberta", "camembert"):
         limit -= int(config.pad_token_id or 1) + 1
     return int(limit)
+
+
+def check_prunable(name: str, config: transformers.PretrainedConfig, asked_by: str = "") -> None:
+    """A one-line DogeError unless model `name` (whose config is `config`) has a unit table: doge tickets
+    prune the attention heads and FFN blocks of the architectures `dogetickets.models.units` knows.
+    `asked_by` names what wants the tickets (a config key), for the message."""
+    from dogetickets.models.units import structure_for
+
+    try:
+        structure_for(getattr(config, "doge_base_model_type", None) or config.model_type)
+    except DogeError as exc:
+        wants = f"{asked_by} asks for tickets, which" if asked_by else "doge tickets need a unit table, which"
+        raise DogeError(f"{wants} model '{name}' cannot have: {exc}") from None

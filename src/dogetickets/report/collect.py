@@ -197,6 +197,21 @@ def _row(dataset: str, seed: int, folder: Path) -> dict[str, Any]:
     return row
 
 
+def _check_seeds(run_dir: Path, found: set[int]) -> None:
+    """Every seed `only_seeds` asks for (`doge report --seeds`) has finished runs in `run_dir`: else a
+    DogeError naming the missing seeds and the seeds the run has."""
+    wanted = _ONLY_SEEDS[0]
+    missing = sorted(wanted - found) if wanted is not None else []
+    if not missing:
+        return
+    with only_seeds(None):
+        have = sorted({seed for seed, _ in finished_run_dirs(run_dir)})
+    listed = ", ".join(map(str, missing))
+    has = (f"its finished runs are of seed{'s' if len(have) > 1 else ''} {', '.join(map(str, have))}" if have
+           else "it has no finished runs of any seed")
+    raise DogeError(f"{run_dir}: no finished runs of seed{'s' if len(missing) > 1 else ''} {listed} (--seeds); {has}")
+
+
 def load_runs(run_dir: Path, dataset: str | None = None) -> pd.DataFrame:
     """One row per finished run of `run_dir`; a DogeError when there is none.
 
@@ -209,6 +224,7 @@ def load_runs(run_dir: Path, dataset: str | None = None) -> pd.DataFrame:
         raise DogeError(f"{run_dir}: no such run directory")
     dataset = dataset or dataset_names([run_dir])[0]
     rows = [_row(dataset, seed, folder) for seed, folder in finished_run_dirs(run_dir)]
+    _check_seeds(run_dir, {int(r["seed"]) for r in rows})
     if not rows:
         raise DogeError(f"{run_dir}: no finished runs (no seed*/erm, seed*/irm or seed*/rewind/* with DONE)")
     df = pd.DataFrame(rows)
