@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -145,3 +150,86 @@ def test_ray_sweep_killed_half_way_resumes_to_the_sequential_results(sequential,
     assert _metrics(out) == _metrics(seq)
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads(
         (seq / "results.json").read_text())["rows"]
+
+
+# ---- joining a cluster: --address ------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _assert_one_line_error(res: subprocess.CompletedProcess, *needles: str) -> None:
+    err = res.stderr.strip()
+    assert res.returncode == 2 and "Traceback" not in err, err[-3000:]
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.fixture
+def ray_cluster() -> Iterator[tuple[str, dict[str, str]]]:
+    """A one-CPU Ray cluster on 127.0.0.1 with its Ray Client server and token authentication (Ray's default for
+    a `ray start` cluster where a token exists): (its ray:// address, what a client's environment needs).
+
+    `ray start --block` stays in the foreground and takes its own processes down on SIGTERM, so the teardown
+    stops this cluster only (`ray stop` would stop every Ray instance of the machine). Its temp dir is its own:
+    nothing else finds it as "the current cluster". Function-scoped: the other tests' `ray stop` cannot hit it."""
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    gcs, client = _free_port(), _free_port()
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    # without it Ray swaps a loopback --node-ip-address for the machine's outward IP: this keeps it on 127.0.0.1
+    env = {**os.environ, **auth, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    log = open(Path(temp) / "start.log", "w")  # closed in the teardown
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={gcs}", f"--ray-client-server-port={client}", "--num-cpus=1", "--disable-usage-stats",
+         "--include-dashboard=false", f"--temp-dir={temp}", "--object-store-memory=100000000"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while not (Path(temp) / "ray_current_cluster").is_file():  # written once the head is up
+            assert proc.poll() is None and time.time() < deadline, (Path(temp) / "start.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield f"ray://127.0.0.1:{client}", auth
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: this cluster's processes only
+            proc.wait(timeout=30)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_sweep_joins_a_cluster_through_the_ray_client(sequential, tmp_path, ray_cluster):
+    cfg, seq = sequential
+    address, auth = ray_cluster
+    out = tmp_path / "run"
+    res = subprocess.run([*DOGE, "run", str(cfg), "--out", str(out), "--address", address, "-q"],
+                         capture_output=True, text=True, timeout=900, env={**os.environ, **auth})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"results: {out / 'results.md'}" in res.stdout
+    assert all((out / r / "DONE").is_file() for r in RUNS)
+    if THREADS == 1:  # a cluster's CPU job runs one thread: the same float sums as the reference then
+        assert _metrics(out) == _metrics(seq)
+
+
+def test_unreachable_cluster_is_one_line_within_seconds(sequential, tmp_path):
+    cfg, _ = sequential
+    address = f"ray://127.0.0.1:{_free_port()}"  # nothing listens there
+    t0 = time.perf_counter()
+    res = _doge("run", str(cfg), "--out", str(tmp_path / "run"), "--address", address, "-q")
+    assert time.perf_counter() - t0 < 30
+    _assert_one_line_error(res, f"--address {address}: no Ray Client server answers there (Connection refused)",
+                           "ray start --head")
+    assert not (tmp_path / "run").exists()  # refused before the run directory is touched
+
+
+def test_workers_do_not_combine_with_an_address(sequential, tmp_path):
+    cfg, _ = sequential
+    res = _doge("run", str(cfg), "--out", str(tmp_path / "run"), "--workers", "2", "--address", "ray://127.0.0.1:1")
+    _assert_one_line_error(res, "--workers 2 with --address ray://127.0.0.1:1", "give one of them")
+    assert not (tmp_path / "run").exists()
+

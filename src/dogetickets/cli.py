@@ -72,8 +72,9 @@ def run(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, mode
             "--workers", min=0, help="Run the sweep's jobs on a local Ray instance with this many workers "
             "(a GPU each where there are GPUs, else cores/N threads each); 0: one after another")] = 0,
         address: Annotated[str | None, typer.Option(
-            "--address", help="Join a running Ray cluster ('auto', or ray://host:port) instead of starting "
-            "one; the run directory must be on a filesystem every node sees")] = None,
+            "--address", help="Join a running Ray cluster ('auto' on one of its nodes, or ray://host:port, its "
+            "Ray Client server) instead of starting one; its nodes' CPUs and GPUs decide how many jobs run at "
+            "once (not combined with --workers); the run directory must be on a filesystem every node sees")] = None,
         only: Annotated[str | None, typer.Option(
             "--only", help="Do exactly one job, named by its path in the run directory (see `doge jobs`), "
             "e.g. seed0/erm or seed0/rewind/doge-s10; its inputs must be finished")] = None) -> None:
@@ -86,11 +87,15 @@ def run(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, mode
         path = _pipeline(config, data_dir, out, model, set_, quiet, worker=True).run_one(only)
         typer.echo(f"done: {path}")
         return
+    if workers or address:
+        from dogetickets.distributed import check_options
+
+        check_options(workers, address)  # before anything is read
     pipe = _pipeline(config, data_dir, out, model, set_, quiet)
     if workers or address:
         from dogetickets.distributed import run_ray
 
-        results = run_ray(pipe, max(workers, 1), address)
+        results = run_ray(pipe, workers, address)
     else:
         results = pipe.run()
     if results:  # empty when every run failed
