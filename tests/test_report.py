@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import shutil
 import statistics
 from pathlib import Path
@@ -714,7 +715,8 @@ def test_wall_time_and_machine(run_dir: Path, tmp_path: Path) -> None:
     shutil.copytree(run_dir, a)
     b = tmp_path / "amazonB"
     shutil.copytree(run_dir, b)
-    desc = {"os": "Linux-test", "python": "CPython 3.11.7", "cpu": "Test CPU 9000", "logical_cores": 8,
+    desc = {"os": "Linux-test", "python": "CPython 3.11.7", "cpu": "Test CPU 9000",
+            "cpu_features": ["avx2", "avx512f", "avx512_bf16"], "logical_cores": 8,
             "torch_threads": 4, "ram_gib": 31.2, "cuda_devices": [], "torch": "2.0", "git": "abc1234+dirty"}
     (a / "timing.json").write_text(json.dumps({"total_seconds": 5400.0, "outside_model_seconds": 54.0,
                                                "outside_model_share": 0.01, "read data": 1.0, "machine": desc}))
@@ -722,10 +724,25 @@ def test_wall_time_and_machine(run_dir: Path, tmp_path: Path) -> None:
         (a / f"seed{seed}" / "erm" / "timing.json").write_text(json.dumps({"seconds": 100.0}))
         for name in ("doge-s30-l100", "winning-s10"):
             (a / f"seed{seed}" / "rewind" / name / "timing.json").write_text(json.dumps({"seconds": 40.0}))
+    # the precision each reported run recorded, and why
+    for m in a.rglob("metrics.json"):
+        fp32 = m.parent == a / "seed0" / "erm"  # one reported run in fp32, the others in bf16
+        record = json.loads(m.read_text())
+        record["train"] = {**record.get("train", {}), "mixed_precision": "no" if fp32 else "bf16",
+                           "precision_reason": "fp32: set by train.mixed_precision" if fp32 else
+                           "bf16: 'auto' on a CPU with avx512_bf16"}
+        m.write_text(json.dumps(record))
     md = write_report([a, b], out=tmp_path / "rep", n_boot=20).read_text()
     sec = _section(md, "Wall time and machine")
     (row_a,) = [x for x in sec.splitlines() if x.startswith("| amazonA |")]
     cells = [c.strip() for c in row_a.strip("|").split("|")]
+    n = int(re.search(r"fp32 \(set by train.mixed_precision; 1 of (\d+) runs\)", cells[1]).group(1))
+    assert n > 2 and cells[1] == (f"bf16 ('auto' on a CPU with avx512_bf16; {n - 1} of {n} runs); "
+                        f"fp32 (set by train.mixed_precision; 1 of {n} runs)")
+    assert "- CPU features: avx2, avx512f, avx512_bf16" in sec
+    (row_b,) = [x for x in sec.splitlines() if x.startswith("| amazonB |")]
+    assert row_b.split("|")[2].strip() == f"not recorded (all {n} runs)"
+    del cells[1]
     assert cells == ["amazonA", "5400 s (1.50 h)", "54.0 s (1.0%)", "200 s (3.3 min) in 2 runs",
                      "160 s (2.7 min) in 4 runs; 12 without timing"]
     # a ticket that took a twin's training (same units) costs nothing and is counted as such
@@ -733,10 +750,10 @@ def test_wall_time_and_machine(run_dir: Path, tmp_path: Path) -> None:
                                                                                    "trained_as": "doge-s30-l100"}))
     sec = _section(write_report([a, b], out=tmp_path / "rep", n_boot=20).read_text(), "Wall time and machine")
     (row_a,) = [x for x in sec.splitlines() if x.startswith("| amazonA |")]
-    assert row_a.split("|")[5].strip() == ("120 s (2.0 min) in 4 runs; 12 without timing; 1 of them took the "
+    assert row_a.split("|")[6].strip() == ("120 s (2.0 min) in 4 runs; 12 without timing; 1 of them took the "
                                            "training of a run with the same units (trained_as)")
     (row_b,) = [x for x in sec.splitlines() if x.startswith("| amazonB |")]
-    assert row_b.count("not recorded") == 3
+    assert row_b.count("not recorded") == 4  # precision, total, both training columns
     assert "Machine (amazonA):" in sec and "Machine not recorded: amazonB." in sec
     for needle in ("- CPU: Test CPU 9000", "- logical cores: 8", "- torch threads: 4", "- RAM (GiB): 31.2",
                    "- CUDA devices: none", "- amazonA: abc1234+dirty", "- amazonB: not recorded"):
@@ -754,13 +771,13 @@ def test_wall_time_and_machine(run_dir: Path, tmp_path: Path) -> None:
     (a / "timing.json").write_text(json.dumps({"total_seconds": 1800.0, "machine": desc, "processes": processes}))
     sec = _section(write_report([a, b], out=tmp_path / "rep", n_boot=20).read_text(), "Wall time and machine")
     (row_a,) = [x for x in sec.splitlines() if x.startswith("| amazonA |")]
-    assert [c.strip() for c in row_a.strip("|").split("|")][1:3] == ["5400 s (1.50 h) in 2 processes", "30.0 s (0.6%)"]
+    assert [c.strip() for c in row_a.strip("|").split("|")][2:4] == ["5400 s (1.50 h) in 2 processes", "30.0 s (0.6%)"]
     # a process killed mid-sweep (a session's end) counts up to its last finished job, and says so
     processes[0]["ended"] = False
     (a / "timing.json").write_text(json.dumps({"total_seconds": 1800.0, "machine": desc, "processes": processes}))
     sec = _section(write_report([a, b], out=tmp_path / "rep", n_boot=20).read_text(), "Wall time and machine")
     (row_a,) = [x for x in sec.splitlines() if x.startswith("| amazonA |")]
-    assert row_a.split("|")[2].strip() == "5400 s (1.50 h) in 2 processes (1 not ended: up to its last finished job)"
+    assert row_a.split("|")[3].strip() == "5400 s (1.50 h) in 2 processes (1 not ended: up to its last finished job)"
     # the same machine, other code: one machine list; each directory's commits, per process, oldest first
     processes[0]["git"], processes[1]["git"] = "1111111", "2222222"
     (a / "timing.json").write_text(json.dumps({"total_seconds": 1800.0, "machine": desc, "processes": processes}))

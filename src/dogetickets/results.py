@@ -35,16 +35,21 @@ def precisions(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"precision": p, "reason": why, "runs": n} for (p, why), n in ordered]
 
 
-def precision_line(results: dict[str, Any]) -> str:
-    """One sentence: the precision(s) the table's runs trained in, why, and the CPU that wrote the table."""
+def precision_text(entries: list[dict[str, Any]]) -> str:
+    """`precisions` as words: 'bf16 ('auto' on a CPU with avx512_bf16; all 7 runs)', entries joined by '; '."""
     parts = []
-    entries = results.get("precision") or []
     total = sum(e["runs"] for e in entries)
     for e in entries:
         why = e["reason"].partition(": ")[2] if e["reason"] else "reason not recorded"
         share = f"all {e['runs']} runs" if e["runs"] == total and total > 1 else f"{e['runs']} of {total} runs"
-        parts.append(f"{e['precision']} ({why}; {share})")
-    text = "Trained in " + ("; ".join(parts) if parts else "an unrecorded precision") + "."
+        unknown = e["precision"] == "not recorded"
+        parts.append(f"not recorded ({share})" if unknown else f"{e['precision']} ({why}; {share})")
+    return "; ".join(parts) if parts else "an unrecorded precision"
+
+
+def precision_line(results: dict[str, Any]) -> str:
+    """One sentence: the precision(s) the table's runs trained in, why, and the CPU that wrote the table."""
+    text = "Trained in " + precision_text(results.get("precision") or []) + "."
     m = results.get("machine") or {}
     if m:
         features = ", ".join(m.get("cpu_features") or []) or "none of avx2, avx512f, avx512_bf16, amx_bf16"

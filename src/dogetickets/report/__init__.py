@@ -423,6 +423,7 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
 
     from dogetickets import machine, methods
     from dogetickets.io import read_json_or_none
+    from dogetickets.results import precision_text, precisions
     from dogetickets.rundir import process_history
 
     doc.h(2, "Wall time and machine")
@@ -434,7 +435,9 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
         "and baselines from an earlier `doge finetune` are not in it). 'outside the model': "
         "reading, tokenizing, batching and saving, within that total. Training columns: the seconds recorded "
         "by each reported run (training with its dev evaluations), summed; scoring and ticket choice are not "
-        "timed apart (they are in the process total)."
+        "timed apart (they are in the process total). 'trained in': the precision each reported run recorded "
+        "(train.mixed_precision resolved) and why: the setting, $DOGE_AUTO_PRECISION, or the CPU feature that "
+        "decided 'auto' (bf16 with avx512_bf16 or amx_bf16, else fp32); the machine's CPU features are listed below."
     )
     rows: list[dict[str, str]] = []
     machines: dict[str, tuple[dict, list[str]]] = {}
@@ -455,9 +458,11 @@ def _wall_time(doc: _Doc, names: list[str], run_dirs: list[Path], runs: Any) -> 
         ticket_text, ticket_s = _training(list(sub.loc[ticket, "path"]))
         if isinstance(total, (int, float)) and base_s + ticket_s > total:
             earlier.append(name)
+        trained = [read_json_or_none(Path(x) / "metrics.json") for x in sub["path"]]
         rows.append(
             {
                 "run directory": name,
+                "trained in": precision_text(precisions([m for m in trained if isinstance(m, dict)])),
                 "doge run total": (
                     _duration(float(total)) + _processes_note(processes)
                     if isinstance(total, (int, float))
