@@ -11,6 +11,13 @@ from transformers import BertConfig, BertForSequenceClassification, BertForToken
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist (`-n 2`, the default in pyproject.toml) each worker gets its share of the cores, for its
+# own torch and for the `doge` processes its tests start: two workers of 2 threads on 2 cores would fight.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+    torch.set_num_threads(_THREADS)
+
 
 def _data_dir() -> Path | None:
     raw = os.environ.get("DOGE_DATA_DIR")
