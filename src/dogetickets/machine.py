@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BF16_FLAGS", "cpu_features", "cpu_flags", "describe", "lines"]
+__all__ = ["BF16_FLAGS", "cpu_features", "cpu_flags", "describe", "lines", "precision_name"]
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # the x86 features under which train.mixed_precision "auto" is bf16
 REPORTED_FLAGS = ("avx2", "avx512f", *BF16_FLAGS)  # what a report names of the CPU: they decide precision and speed
@@ -70,6 +70,11 @@ def cpu_features() -> list[str]:
     """Which of `REPORTED_FLAGS` this CPU has (x86 only; empty elsewhere)."""
     flags = cpu_flags()
     return [f for f in REPORTED_FLAGS if f in flags]
+
+
+def precision_name(precision: str) -> str:
+    """A resolved train.mixed_precision as a reader names it: "fp32" for "no"."""
+    return "fp32" if precision == "no" else precision
 
 
 def _ram_gib() -> float | None:

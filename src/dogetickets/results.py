@@ -17,6 +17,7 @@ from rich.table import Table
 from dogetickets import methods as registry
 from dogetickets.errors import DogeError
 from dogetickets.io import atomic_write_text, read_json, write_json
+from dogetickets.machine import precision_name
 
 METRIC_NAMES = {"accuracy": "accuracy", "entity_f1": "entity F1"}
 
@@ -28,7 +29,7 @@ def precisions(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in runs:
         train = r.get("train") if isinstance(r.get("train"), dict) else {}
         precision = str(train.get("mixed_precision") or "not recorded")
-        precision = "fp32" if precision == "no" else precision
+        precision = precision_name(precision)
         reason = str(train.get("precision_reason") or "")
         counts[(precision, reason)] = counts.get((precision, reason), 0) + 1
     ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))

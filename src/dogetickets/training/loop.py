@@ -29,7 +29,7 @@ from dogetickets.data.batching import collate, model_inputs, to_device
 from dogetickets.data.tasks import Encoded, Task
 from dogetickets.errors import DogeError, TrainingFailed
 from dogetickets.evaluate import metrics, predict, shard, unshard
-from dogetickets.machine import BF16_FLAGS, cpu_flags
+from dogetickets.machine import BF16_FLAGS, cpu_flags, precision_name
 from dogetickets.models.units import Units, apply_masks
 from dogetickets.progress import progress_bar
 from dogetickets.training.objectives import Objective
@@ -70,11 +70,6 @@ def resolve_precision(mixed_precision: str) -> str:
             return forced
         return "bf16" if native_bf16() else "no"
     return mixed_precision
-
-
-def precision_name(precision: str) -> str:
-    """A resolved precision as a reader names it: "fp32" for "no"."""
-    return "fp32" if precision == "no" else precision
 
 
 def precision_reason(mixed_precision: str) -> str:
