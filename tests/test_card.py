@@ -39,7 +39,7 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def metrics_json(ticket: Ticket) -> dict:
-    """A rewind's metrics.json, in the form the pipeline writes (Pipeline._evaluate)."""
+    """A rewind's metrics.json, in the form the pipeline writes (dogetickets.run.runs.evaluate)."""
     return {
         "run": {"name": ticket.name, "method": ticket.method, "objective": "erm", "seed": 0,
                 "target_sparsity": ticket.target_sparsity, "sparsity": ticket.sparsity, "lambda": ticket.lam,
@@ -187,13 +187,13 @@ def test_card_of_a_real_tiny_run(tmp_path: Path, data_dir: Path) -> None:
     from conftest import tiny_run_toml
 
     from dogetickets.config import load_config
-    from dogetickets.pipeline import Pipeline
+    from dogetickets.run.sweep import Sweep
 
     cfg = tmp_path / "c.toml"
     cfg.write_text(tiny_run_toml(tmp_path / "run", data_dir, sparsities="[0.3]"))
-    pipe = Pipeline(load_config(cfg), show_progress=False)
+    pipe = Sweep(load_config(cfg), show_progress=False)
     pipe.run()
-    pipe._lock.release()
+    pipe.ctx.lock.release()
     run = tmp_path / "run" / "seed0" / "rewind" / "doge-s30-l100"
     out = export_run(run, tmp_path / "exported")
     ticket = Ticket.load(run / "ticket.json")

@@ -138,8 +138,10 @@ def test_ctrl_c_is_interrupted_and_130(tmp_path):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even under `&`
     )
     try:
-        first = proc.stdout.readline()  # the run is under way (data read)
-        assert first and proc.poll() is None, proc.stderr.read()[-3000:]
+        # the run is under way: its first message (the data read) is on stderr; stdout has only the table, at
+        # the end, when a signal may come too late to interrupt anything
+        first = proc.stderr.readline()
+        assert first.startswith("data:") and proc.poll() is None, first + proc.stderr.read()[-3000:]
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:

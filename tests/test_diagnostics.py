@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from dogetickets import scoring
-from dogetickets.report import _Doc, diagnostics
+from dogetickets.report import diagnostics, diagnostics_section
+from dogetickets.report.diagnostics_figure import plot_diagnostics
+from dogetickets.report.document import Document
 from dogetickets.tickets import Ticket
 
 
@@ -85,7 +87,7 @@ def test_ticket_overlap_hand_made(tmp_path: Path) -> None:
     assert (disjoint.heads_a, disjoint.ffn_a, disjoint.heads_winning, disjoint.ffn_winning) == (2, 2, 3, 0)
     assert got[("random", 0.2, "global")].jaccard == pytest.approx(1 / 4)
     assert got[("doge-balanced", 0.1, "balanced")].jaccard == pytest.approx(1 / 3)
-    summary = diagnostics.overlap_summary(df)
+    summary = diagnostics_section.overlap_summary(df)
     assert list(summary.columns) == ["method", "seeds", "10%", "20%"]
     assert len(summary) == len(df.groupby(["method", "lambda", "allocation"], dropna=False))
 
@@ -93,7 +95,7 @@ def test_ticket_overlap_hand_made(tmp_path: Path) -> None:
 def test_ticket_overlap_nothing(tmp_path: Path) -> None:
     assert diagnostics.ticket_overlap(tmp_path).empty
     assert diagnostics.ticket_overlap(tmp_path / "missing").empty
-    assert diagnostics.overlap_summary(diagnostics.ticket_overlap(tmp_path)).empty
+    assert diagnostics_section.overlap_summary(diagnostics.ticket_overlap(tmp_path)).empty
 
 
 # ------------------------------------------------------------------------------------ rank correlation
@@ -236,8 +238,8 @@ def _full_run(root: Path) -> Path:
 def test_section_writes_figure_and_csvs(tmp_path: Path) -> None:
     run = _full_run(tmp_path)
     out = tmp_path / "report"
-    doc = _Doc()
-    diagnostics.section(doc, ["mnli/amazon"], [run], out)
+    doc = Document()
+    diagnostics_section.section(doc, ["mnli/amazon"], [run], out)
     stem = "diagnostics-mnli_amazon"
     for suffix in ("overlap", "rankcorr", "variance", "units", "preview_gap"):
         assert (out / f"{stem}-{suffix}.csv").is_file(), suffix
@@ -267,7 +269,8 @@ def test_overlap_legend_sits_under_its_panel(tmp_path: Path, monkeypatch: pytest
 
     closed = []
     monkeypatch.setattr(plt, "close", closed.append)
-    assert diagnostics.plot_diagnostics(run, tmp_path / "d.png") is not None
+    png = plot_diagnostics(diagnostics.ticket_overlap(run), diagnostics.unit_table(run), tmp_path / "d.png")
+    assert png is not None
     overlap = closed[0].get_axes()[0]
     legend = overlap.get_legend()
     assert {t.get_text() for t in legend.get_texts()} >= {"random tickets"}
@@ -279,22 +282,22 @@ def test_section_without_data(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     (empty / "seed0").mkdir(parents=True)
     out = tmp_path / "report"
-    doc = _Doc()
-    diagnostics.section(doc, ["empty", "gone"], [empty, tmp_path / "gone"], out)
+    doc = Document()
+    diagnostics_section.section(doc, ["empty", "gone"], [empty, tmp_path / "gone"], out)
     paragraphs = [x for k, x in doc.blocks if k == "p"]
     assert sum("nothing to diagnose" in p or "No tickets" in p for p in paragraphs) == 2
     assert not any(k in ("img", "table") for k, _ in doc.blocks)
     assert list(out.iterdir()) == []
-    assert diagnostics.plot_diagnostics(empty, out / "x.png") is None
-    doc = _Doc()
-    diagnostics.section(doc, [], [], out)
+    assert plot_diagnostics(diagnostics.ticket_overlap(empty), diagnostics.unit_table(empty), out / "x.png") is None
+    doc = Document()
+    diagnostics_section.section(doc, [], [], out)
     assert doc.blocks[0] == ("h", (2, "Diagnostics")) and doc.blocks[-1][0] == "p"
 
 
 def test_section_scores_without_tickets(tmp_path: Path) -> None:
     run = _variance_run(tmp_path)  # scores, no tickets, no preview
-    doc = _Doc()
-    diagnostics.section(doc, ["run"], [run], tmp_path / "out")
+    doc = Document()
+    diagnostics_section.section(doc, ["run"], [run], tmp_path / "out")
     text = " ".join(str(x) for _, x in doc.blocks)
     assert "No ticket has a winning ticket" in text
     assert (tmp_path / "out" / "diagnostics-run.png").is_file()

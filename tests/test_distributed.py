@@ -23,8 +23,8 @@ from conftest import tiny_run_toml
 
 from dogetickets.config import load_config
 from dogetickets.distributed import execute_job
-from dogetickets.pipeline import Pipeline
-from dogetickets.stages import Job, find, plan
+from dogetickets.run.plan import Job, find, plan
+from dogetickets.run.sweep import Sweep
 
 DOGE = [sys.executable, "-m", "dogetickets.cli"]
 RUNS = ("seed0/erm", "seed0/rewind/random-s20", "seed0/rewind/doge-s20-l100")
@@ -56,11 +56,11 @@ def sequential(tmp_path_factory, data_dir) -> tuple[Path, Path]:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
-    pipe = Pipeline(load_config(cfg), show_progress=False)
+    pipe = Sweep(load_config(cfg), show_progress=False)
     try:
         pipe.run()
     finally:
-        pipe._lock.release()
+        pipe.ctx.lock.release()
         torch.set_num_threads(threads)
     return cfg, root / "run"
 

@@ -8,7 +8,7 @@ import sys
 from conftest import tiny_run_toml
 
 from dogetickets.config import load_config
-from dogetickets.pipeline import Pipeline
+from dogetickets.run.sweep import Sweep
 from dogetickets.tickets import Ticket
 
 DOGE = [sys.executable, "-m", "dogetickets.cli"]
@@ -21,12 +21,12 @@ def _doge(*args: str) -> subprocess.CompletedProcess:
 def test_prune_a_model_fine_tuned_elsewhere_then_export_it(tmp_path, data_dir):
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(tiny_run_toml(tmp_path / "own", data_dir, methods='["winning", "doge"]'))
-    pipe = Pipeline(load_config(cfg), show_progress=False)
+    pipe = Sweep(load_config(cfg), show_progress=False)
     try:
         pipe.finetune()
         own = {p.name: Ticket.load(p) for p in pipe.prune()}
     finally:
-        pipe._lock.release()
+        pipe.ctx.lock.release()
     model = tmp_path / "own/seed0/erm/model"  # stands for a model the user fine-tuned with their own loop
     res = _doge("prune", str(cfg), "--finetuned", str(model), "--out", str(tmp_path / "theirs"), "-q")
     assert res.returncode == 0, res.stderr

@@ -15,9 +15,10 @@ from dogetickets.config import config_from_dict, load_config
 from dogetickets.data.tasks import Encoded, TextClassification
 from dogetickets.errors import DogeError
 from dogetickets.models.units import Units
-from dogetickets.pipeline import Pipeline
+from dogetickets.run import runs, settings
+from dogetickets.run.sweep import Sweep
 from dogetickets.scoring import UnitScores, between_domain_var, expressive_scores
-from dogetickets.tickets import Ticket, ticket_name
+from dogetickets.tickets import Ticket, TicketSpec, ticket_name
 
 
 def test_registry_variants_and_unknown_names():
@@ -106,7 +107,7 @@ def test_corrected_variance_subtracts_the_expected_noise_and_floors_at_zero():
 def test_old_scores_without_sampling_variance_are_scored_again_for_doge_nc(tmp_path, data_dir):
     cfg_path = tmp_path / "tiny.toml"
     cfg_path.write_text(tiny_run_toml(tmp_path / "run", data_dir, methods='["doge"]'))
-    pipe = Pipeline(load_config(cfg_path), show_progress=False)
+    pipe = Sweep(load_config(cfg_path), show_progress=False)
     try:
         pipe.finetune()
         pipe.score()
@@ -115,22 +116,22 @@ def test_old_scores_without_sampling_variance_are_scored_again_for_doge_nc(tmp_p
         raw.pop("per_domain_sampling_var")  # as a run scored before the variance was recorded
         path.write_text(json.dumps(raw))
     finally:
-        pipe._lock.release()
-    pipe = Pipeline(load_config(cfg_path), show_progress=False)  # doge alone: reused as is
+        pipe.ctx.lock.release()
+    pipe = Sweep(load_config(cfg_path), show_progress=False)  # doge alone: reused as is
     try:
-        assert not pipe.scores(0).has_sampling_var
+        assert not pipe.stages.scores.of(0).has_sampling_var
     finally:
-        pipe._lock.release()
-    pipe = Pipeline(load_config(cfg_path, {"tickets.variance": "corrected"}), show_progress=False)
+        pipe.ctx.lock.release()
+    pipe = Sweep(load_config(cfg_path, {"tickets.variance": "corrected"}), show_progress=False)
     try:
-        assert pipe.scores(0).has_sampling_var
+        assert pipe.stages.scores.of(0).has_sampling_var
         assert "per_domain_sampling_var" in json.loads(path.read_text())
-        ticket = pipe.choose_ticket(0, ("doge", 0.2, 100.0))  # the corrected variance, as doge-nc's
-        nc = pipe.choose_ticket(0, ("doge-nc", 0.2, 100.0))
+        ticket = pipe.stages.ticket.choose(0, TicketSpec("doge", 0.2, 100.0))  # the corrected variance, as doge-nc's
+        nc = pipe.stages.ticket.choose(0, TicketSpec("doge-nc", 0.2, 100.0))
         assert (ticket.pruned_heads, ticket.pruned_ffn) == (nc.pruned_heads, nc.pruned_ffn)
-        assert pipe._ticket_settings(0, ("doge", 0.2, 100.0))["variance"] == "corrected"
+        assert settings.ticket(pipe.cfg, 0, TicketSpec("doge", 0.2, 100.0), pipe.ctx.labels)["variance"] == "corrected"
     finally:
-        pipe._lock.release()
+        pipe.ctx.lock.release()
 
 
 def test_variants_and_lambda_chosen_on_dev(tmp_path, data_dir):
@@ -141,7 +142,7 @@ def test_variants_and_lambda_chosen_on_dev(tmp_path, data_dir):
                                       methods='["random-proportional", "winning-balanced", "doge",'
                                               ' "doge-nc-proportional"]'))
     sets = {"tickets.lambdas": [0.0, 100.0, 1e6], "tickets.lambda_choice": "preview"}
-    pipe = Pipeline(load_config(cfg_path, sets), show_progress=False)
+    pipe = Sweep(load_config(cfg_path, sets), show_progress=False)
     try:
         results = pipe.run()
         tickets = {p.stem: Ticket.load(p) for p in (tmp_path / "run/seed0/tickets").glob("*.json")}
@@ -153,14 +154,14 @@ def test_variants_and_lambda_chosen_on_dev(tmp_path, data_dir):
         assert tickets["random-proportional-s30"].allocation == "proportional"
         assert tickets["doge-nc-proportional-s30"].allocation == "proportional"
         assert tickets["doge-s30"].allocation == methods.DEFAULT_ALLOCATION  # the run's
-        model = pipe._finetuned(0)
+        model = pipe.stages.finetuned_model(0)
         for name in ("doge-s30", "doge-nc-proportional-s30"):
             t = tickets[name]
             choice = t.extra["lambda_choice"]
             dev = {}
             for lam in (0.0, 100.0, 1e6):
-                cand = pipe.choose_ticket(0, (t.method, 0.3, lam))
-                dev[lam] = pipe.masked_scores(model, cand, ("dev",))[0]["score"]
+                cand = pipe.stages.ticket.choose(0, TicketSpec(t.method, 0.3, lam))
+                dev[lam] = runs.masked_scores(pipe.ctx, model, cand, ("dev",))[0]["score"]
                 assert choice["dev_score"][f"{lam:g}"] == pytest.approx(dev[lam])
             best = max(dev.values())
             assert t.lam == min(lam for lam, v in dev.items() if v == best) == choice["chosen"]
@@ -171,16 +172,13 @@ def test_variants_and_lambda_chosen_on_dev(tmp_path, data_dir):
         assert list(table["chosen"]) == [tickets["doge-s30"].lam, tickets["doge-nc-proportional-s30"].lam]
         recorded = tickets["doge-s30"].extra["lambda_choice"]["dev_score"]
         assert table.loc[0, "dev λ=100"] == pytest.approx(recorded["100"])
-        from dogetickets.report.collect import only_seeds
-
-        with only_seeds([1]):  # `doge report --seeds 1`: this directory's seed 0 is not read
-            assert lambda_choice(tmp_path / "run").empty
+        assert lambda_choice(tmp_path / "run", seeds=[1]).empty  # `doge report --seeds 1`: seed 0 is not read
         rows = {r["method"]: r for r in results["rows"]}
         assert set(rows) == {"erm", "random-proportional", "winning-balanced", "doge", "doge-nc-proportional"}
         assert rows["doge"]["row"].startswith("doge 30% (dev-chosen λ:") and rows["doge"]["lambda"] is None
         assert Path(tmp_path / "run/seed0/rewind/doge-s30/DONE").is_file()
     finally:
-        pipe._lock.release()
+        pipe.ctx.lock.release()
 
 
 def test_a_neuron_granularity_sweep_prunes_neurons_and_exports(tmp_path, data_dir):
@@ -190,12 +188,13 @@ def test_a_neuron_granularity_sweep_prunes_neurons_and_exports(tmp_path, data_di
 
     cfg_path = tmp_path / "tiny.toml"
     cfg_path.write_text(tiny_run_toml(tmp_path / "run", data_dir, methods='["winning", "doge"]', sparsities="[0.3]"))
-    pipe = Pipeline(load_config(cfg_path, {"tickets.granularity": "neuron", "tickets.allocation": "balanced"}),
+    pipe = Sweep(load_config(cfg_path, {"tickets.granularity": "neuron", "tickets.allocation": "balanced"}),
                     show_progress=False)
     try:
-        assert "granularity" not in Pipeline(load_config(cfg_path), show_progress=False)._scores_settings(0)
+        plain = Sweep(load_config(cfg_path), show_progress=False)
+        assert "granularity" not in settings.scores(plain.cfg, 0, plain.ctx.labels)
         results = pipe.run()
-        assert pipe.scores(0).has_neurons
+        assert pipe.stages.scores.of(0).has_neurons
         ticket = Ticket.load(tmp_path / "run/seed0/tickets/doge-s30-l100.json")
         assert ticket.granularity == "neuron" and sum(map(len, ticket.pruned_neurons.values())) > 0
         model = load_pruned(tmp_path / "run/seed0/rewind/doge-s30-l100/model")
@@ -205,7 +204,7 @@ def test_a_neuron_granularity_sweep_prunes_neurons_and_exports(tmp_path, data_di
                 assert layer.intermediate.dense.out_features == kept
         assert {r["method"] for r in results["rows"]} == {"erm", "winning", "doge"}
     finally:
-        pipe._lock.release()
+        pipe.ctx.lock.release()
 
 
 def test_a_ticket_pruning_the_same_units_reuses_that_training(tmp_path, data_dir):
@@ -213,15 +212,15 @@ def test_a_ticket_pruning_the_same_units_reuses_that_training(tmp_path, data_dir
     rewind takes the first's training instead of repeating it, and what it records equals training it alone. A
     ticket of other units (the same method at another sparsity: 20 points apart, more than the largest unit's
     share, so other units whatever the scores) trains on its own."""
-    def run(out: str, methods_list: str, sparsities: str) -> Pipeline:
+    def run(out: str, methods_list: str, sparsities: str) -> Sweep:
         cfg_path = tmp_path / f"{out}.toml"
         cfg_path.write_text(tiny_run_toml(tmp_path / out, data_dir, methods=methods_list, sparsities=sparsities)
                             + 'lambdas = [0.0]\nallocation = "global"\n')
-        pipe = Pipeline(load_config(cfg_path), show_progress=False)
+        pipe = Sweep(load_config(cfg_path), show_progress=False)
         try:
             pipe.run()
         finally:
-            pipe._lock.release()
+            pipe.ctx.lock.release()
         return pipe
 
     run("both", '["doge", "doge-nc"]', "[0.1, 0.3]")

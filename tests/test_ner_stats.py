@@ -115,10 +115,10 @@ def test_bootstrap_observed_equals_table_on_a_real_ner_run(tmp_path: Path, data_
     from seqeval.metrics import f1_score
 
     from dogetickets.config import config_from_dict
-    from dogetickets.pipeline import Pipeline
+    from dogetickets.run.sweep import Sweep
 
     out = tmp_path / "ner"
-    Pipeline(config_from_dict(_ner_config(out, data_dir)), show_progress=False).run()
+    Sweep(config_from_dict(_ner_config(out, data_dir)), show_progress=False).run()
     runs = [out / "seed0" / "erm", *sorted((out / "seed0" / "rewind").glob("*/"))]
     assert [r.name for r in runs] == ["erm", "doge-s30-l100", "random-s30", "winning-s30"]
     erm_mean = json.loads((runs[0] / "metrics.json").read_text())["test"]["mean"]

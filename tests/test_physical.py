@@ -68,17 +68,17 @@ def test_a_run_rewinds_physically_and_export_copies_it(tmp_path, data_dir):
 
     from dogetickets.config import load_config
     from dogetickets.models.export import export_run
-    from dogetickets.pipeline import Pipeline
+    from dogetickets.run.sweep import Sweep
 
     cfg_path = tmp_path / "c.toml"
     cfg_path.write_text(tiny_run_toml(tmp_path / "run", data_dir, sparsities="[0.3]"))
     results = {}
     for physical in (True, False):
         out = tmp_path / f"run-{physical}"
-        pipe = Pipeline(load_config(cfg_path, {"run.out": str(out), "train.physical": physical}),
+        pipe = Sweep(load_config(cfg_path, {"run.out": str(out), "train.physical": physical}),
                         show_progress=False)
         results[physical] = pipe.run()
-        pipe._lock.release()
+        pipe.ctx.lock.release()
         run = out / "seed0/rewind/doge-s30-l100"
         config = json.loads((run / "model/config.json").read_text())
         assert ("doge_heads" in config) is physical

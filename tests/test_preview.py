@@ -80,9 +80,9 @@ def test_preview_reuse_and_recompute(run: tuple[Path, Path, subprocess.Completed
     assert res.returncode == 0, res.stderr
     assert "reused" in res.stdout and csv.stat().st_mtime_ns == before
 
-    from dogetickets.pipeline import Pipeline
+    from dogetickets.run.sweep import Sweep
 
-    result = run_preview(Pipeline(load_config(cfg), show_progress=False), grid=[0.0, 0.25])
+    result = run_preview(Sweep(load_config(cfg), show_progress=False), grid=[0.0, 0.25])
     assert not result.reused and csv.stat().st_mtime_ns != before
     rows = pd.read_csv(csv)
     assert len(rows) == 2 * len(METHODS) and sorted(set(rows["target_sparsity"])) == [0.0, 0.25]
@@ -93,15 +93,15 @@ def test_pruned_equals_masked(run: tuple[Path, Path, subprocess.CompletedProcess
     """The preview evaluates physically pruned copies: same scores as the gated (masked) model."""
     from dogetickets.evaluate import metrics, predict
     from dogetickets.models.units import Units
-    from dogetickets.pipeline import Pipeline
+    from dogetickets.run.sweep import Sweep
     from dogetickets.tickets import random_ticket, select
 
     cfg, out, _ = run
-    pipe = Pipeline(load_config(cfg), show_progress=False)
-    d = pipe.data
-    model = pipe._load(out / "seed0" / "erm" / "model")
-    shape = pipe.shape(0)
-    tickets = [select(*pipe.scores(0).doge(100.0), shape, 0.3, "doge", lam=100.0, seed=0),
+    pipe = Sweep(load_config(cfg), show_progress=False)
+    d = pipe.ctx.data
+    model = pipe.ctx.load(out / "seed0" / "erm" / "model")
+    shape = pipe.stages.init.shape(0)
+    tickets = [select(*pipe.stages.scores.of(0).doge(100.0), shape, 0.3, "doge", lam=100.0, seed=0),
                random_ticket(shape, 0.55, 0)]
     for ticket in tickets:
         assert ticket.pruned_ffn or ticket.pruned_heads

@@ -927,7 +927,7 @@ def test_no_allocation_section_without_allocation_variants(report: Path) -> None
 
 def test_points_that_round_to_zero_keep_their_side() -> None:
     """A bound of -0.02 points is printed as such, not as +0.0 (the study printed [+0.0, +0.5] for it)."""
-    from dogetickets.report import _pct
+    from dogetickets.report.tables import percent
 
     assert [points(-0.0002), points(0.0002), points(-0.00004), points(0.00049), points(0.0005)] == [
         "-0.02", "+0.02", "-0.004", "+0.05", "+0.1"]  # the last two: already nonzero at one decimal
@@ -935,7 +935,8 @@ def test_points_that_round_to_zero_keep_their_side() -> None:
                                                                                                 "", ""]
     assert [points(0.123), points(-0.0123), points(-0.0006)] == ["+12.3", "-1.2", "-0.1"]
     assert points(-0.0002, signed=False) == "-0.02" and points(0.00002, digits=2) == "+0.002"
-    assert [_pct(-0.0001, True), _pct(-0.0001), _pct(-0.0006, True), _pct(0.123)] == ["-0.01", "0.0", "-0.1", "12.3"]
+    assert [percent(-0.0001, True), percent(-0.0001), percent(-0.0006, True), percent(0.123)] == [
+        "-0.01", "0.0", "-0.1", "12.3"]
     assert [p_value(0.0004), p_value(0.0123), p_value(float("nan"))] == ["< 0.001", "0.012", ""]
 
 
@@ -943,7 +944,7 @@ def test_report_of_some_seeds_reads_only_them(run_dir: Path, tmp_path: Path) -> 
     from typer.testing import CliRunner
 
     from dogetickets.cli import app
-    from dogetickets.report.collect import seed_dirs
+    from dogetickets.run.layout import RunLayout
 
     out = tmp_path / "rep"
     res = CliRunner().invoke(app, ["report", str(run_dir), "--out", str(out), "--n-boot", "20", "--seeds", "1",
@@ -956,7 +957,7 @@ def test_report_of_some_seeds_reads_only_them(run_dir: Path, tmp_path: Path) -> 
     doge = table2(load_runs(run_dir)[lambda r: r["seed"] == 1]).set_index("Model").loc["doge tickets", "amazonA"]
     assert f"| doge tickets | {doge} |" in md
     assert "--seeds 1" in _section(md, "Reproduce")
-    assert [s for s, _ in seed_dirs(run_dir)] == [0, 1]  # the filter ends with the report
+    assert [s for s, _ in RunLayout(run_dir).seed_folders()] == [0, 1]  # nothing filtered beyond the report
 
 
 # ---- two-level columns, power, the paper side by side -----------------------------------------------------

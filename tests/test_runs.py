@@ -17,14 +17,14 @@ from test_cli import _assert_one_line_error
 
 from dogetickets.config import load_config
 from dogetickets.errors import DogeError, TrainingFailed
-from dogetickets.pipeline import Pipeline
+from dogetickets.run.sweep import Sweep
 
 DOGE = "seed0/rewind/doge-s20-l100"
 RANDOM = "seed0/rewind/random-s20"
 
 
-def _pipe(cfg_path: Path, out: Path, **sets: object) -> Pipeline:
-    return Pipeline(load_config(cfg_path, {"run.out": str(out), **sets}), show_progress=False)
+def _pipe(cfg_path: Path, out: Path, **sets: object) -> Sweep:
+    return Sweep(load_config(cfg_path, {"run.out": str(out), **sets}), show_progress=False)
 
 
 def _run(cfg_path: Path, out: Path, **sets: object) -> dict:
@@ -32,7 +32,7 @@ def _run(cfg_path: Path, out: Path, **sets: object) -> dict:
     try:
         return pipe.run()
     finally:
-        pipe._lock.release()
+        pipe.ctx.lock.release()
 
 
 def _files(out: Path) -> dict[str, tuple[int, bytes]]:
@@ -138,7 +138,7 @@ def test_new_test_domains_without_saved_models(tmp_path, data_dir):
     pipe = _pipe(cfg, out, **{"run.save_models": False, "data.test_domains": ["Automotive"]})
     with pytest.raises(DogeError, match="no saved model"):
         pipe.evaluate_all()
-    pipe._lock.release()
+    pipe.ctx.lock.release()
     results = _run(cfg, out, **{"run.save_models": False, "data.test_domains": ["Automotive"]})
     assert results["test_domains"] == ["Automotive"]
     assert {r["row"] for r in results["rows"]} == {"ERM", "doge 20% (λ=100)"}
@@ -156,7 +156,7 @@ def test_labels_saved_and_checked_against_every_model(copy):
     pipe = _pipe(cfg, out)
     with pytest.raises(DogeError, match=r"seed0/erm/model: its labels \(positive, negative, neutral\)"):
         pipe.score()
-    pipe._lock.release()
+    pipe.ctx.lock.release()
 
 
 def test_a_new_test_domain_with_an_unknown_label_is_one_line(tmp_path):
@@ -191,59 +191,60 @@ mixed_precision = "no"
 
 # ---- A7: a training that fails stops alone; the sweep goes on and names it ----------------------------
 def test_a_failed_training_is_reported_and_the_sweep_goes_on(tmp_path, data_dir, monkeypatch):
-    import dogetickets.pipeline as pipeline
+    import dogetickets.run.runs as runs
 
     cfg = tmp_path / "c.toml"
     cfg.write_text(tiny_run_toml(tmp_path / "run", data_dir, methods='["random", "doge"]'))
     out = tmp_path / "run"
-    real = pipeline.train
+    real = runs.train
 
     def failing(*args, **kw):  # noqa: ANN002, ANN003, ANN202
         if kw["description"].endswith("random-s20"):
             raise TrainingFailed(f"{kw['description']}: loss is nan at step 1 (lr 5e-05)")
         return real(*args, **kw)
 
-    monkeypatch.setattr(pipeline, "train", failing)
+    monkeypatch.setattr(runs, "train", failing)
     pipe = _pipe(cfg, out)
     results = pipe.run()
-    pipe._lock.release()
+    pipe.ctx.lock.release()
     assert list(pipe.failed) == ["seed0/random-s20"]
     assert "seed0/random-s20" in str(pipe.failure()) and "step 1" in str(pipe.failure())
     assert not (out / RANDOM / "DONE").exists() and (out / DOGE / "DONE").exists()
     assert [r["row"] for r in results["rows"]] == ["ERM", "doge 20% (λ=100)"]
-    monkeypatch.setattr(pipeline, "train", real)
+    monkeypatch.setattr(runs, "train", real)
     before = _files(out)
     pipe = _pipe(cfg, out)
     results = pipe.run()
-    pipe._lock.release()
+    pipe.ctx.lock.release()
     assert not pipe.failed and len(results["rows"]) == 3
     assert all(_files(out)[k] == v for k, v in before.items() if not k.startswith(RANDOM))
 
 
 def test_a_killed_sweep_keeps_its_wall_time_up_to_its_last_finished_job(copy, monkeypatch):
-    import dogetickets.pipeline as pipeline
+    import dogetickets.run.context as context
+    import dogetickets.run.runs as runs
 
     _, out, _ = copy
     shutil.rmtree(out / RANDOM)
     first = json.loads((out / "timing.json").read_text())["processes"]
     assert [p["ended"] for p in first] == [True]
-    real = pipeline.train
+    real = runs.train
 
     def killed(*args, **kw):  # noqa: ANN002, ANN003, ANN202
         raise KeyboardInterrupt  # the session ends while random-s20 trains
 
-    monkeypatch.setattr(pipeline, "train", killed)
+    monkeypatch.setattr(runs, "train", killed)
     calls = []
-    monkeypatch.setattr(pipeline.machine, "describe", lambda: calls.append(1) or {"git": f"call {len(calls)}"})
+    monkeypatch.setattr(context.machine, "describe", lambda: calls.append(1) or {"git": f"call {len(calls)}"})
     pipe = _pipe(copy[0], out)
     with pytest.raises(KeyboardInterrupt):
         pipe.run()
-    pipe._lock.release()
+    pipe.ctx.lock.release()
     cut = json.loads((out / "timing.json").read_text())["processes"]
     assert cut[0] == first[0] and cut[1]["ended"] is False and cut[1]["total_seconds"] > 0
     # the machine and git commit as the process started (the code it runs), not as of each job's end
     assert json.loads((out / "timing.json").read_text())["machine"] == {"git": "call 1"}
-    monkeypatch.setattr(pipeline, "train", real)
+    monkeypatch.setattr(runs, "train", real)
     _run(copy[0], out)  # the next sitting: its record comes after the killed one's, which is kept
     after = json.loads((out / "timing.json").read_text())["processes"]
     assert after[:2] == cut and after[2]["ended"] is True and len(after) == 3
@@ -254,7 +255,7 @@ def test_a_record_from_before_per_process_commits_keeps_the_commit_its_process_w
     """timing.json of older code: the commit only in the top-level machine, which the last record's
     process wrote. The next process's history carries it into that record (its own machine then
     overwrites the top level); records that already have one, and earlier ones, are left as they are."""
-    from dogetickets.rundir import process_history
+    from dogetickets.run.layout import process_history
 
     old = {"total_seconds": 5.0, "command": ["doge", "run"], "machine": {"git": "aaa"}}  # before "processes"
     assert process_history(old) == [{"total_seconds": 5.0, "command": ["doge", "run"], "git": "aaa"}]
@@ -322,7 +323,7 @@ def test_a_config_key_added_since_counts_as_its_default(copy):
 def test_a_second_run_on_a_busy_directory_is_refused_and_a_killed_one_leaves_no_lock(copy):
     cfg, out, _ = copy
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from dogetickets.rundir import RunLock; "
+        "import sys, time; from dogetickets.run.layout import RunLock; "
         f"RunLock({str(out / '.lock')!r}).acquire(); print('locked', flush=True); time.sleep(120)")],
         stdout=subprocess.PIPE, text=True)
     try:

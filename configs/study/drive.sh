@@ -1,20 +1,24 @@
 #!/bin/bash
-# The study's driver (issue 10, docs/study.md): seed by seed, Amazon A with every method (the allocation
-# variants too), then B and C with the core methods. Only scheduling: `doge run configs/study/amazon_X.toml`
-# for X in a, b, c does the same runs in another order. Sweeps resume from their DONE markers: rerun it to
-# continue (in the background: `nohup configs/study/drive.sh > /dev/null 2>&1 &`); runs/study/drive.log
-# records what ran when.
+# The study's driver (docs/study.md): only scheduling, one `doge run` after another, seed by seed, so that
+# every dataset has seed 0 before any has seed 1. `doge run configs/study/<name>.toml --out <dir>` for each
+# name does the same runs in another order. Sweeps resume from their DONE markers: rerun it to continue, in
+# the background:  nohup configs/study/drive.sh > /dev/null 2>&1 &
+# Run directories live outside the work tree (a new session lays the work tree anew): $DOGE_STUDY_DIR,
+# default ../runs/study beside it; drive.log there records what ran when. $DOGE: the doge command (default
+# .venv/bin/doge; e.g. "python -m dogetickets.cli" with PYTHONPATH on a snapshot of the code).
+#   issue 23: MNLI and OntoNotes (ERM + tickets), then Table 4 (MNLI with 4 and 3 training genres).
+#   issue 10: Amazon A/B/C, as published (its steps: configs/study/drive-amazon.sh).
 cd "$(dirname "$0")/../.."
 export DOGE_DATA_DIR=${DOGE_DATA_DIR:-../shared/data/dogetickets}
-mkdir -p runs/study
-while pgrep -f "doge run configs/study" > /dev/null; do sleep 20; done  # one study process at a time
-CORE='tickets.methods=["random-balanced", "winning-balanced", "doge-balanced", "doge-nc-balanced"]'
-for seed in 0 1 2; do
-  for s in a b c; do
-    if [ "$s" = a ]; then methods=(); else methods=(--set "$CORE"); fi
-    echo "$(date -u +%FT%TZ) start $s seed $seed" >> runs/study/drive.log
-    .venv/bin/doge run "configs/study/amazon_$s.toml" -q --set "run.seeds=[$seed]" "${methods[@]}" >> "runs/study/run_$s.log" 2>&1
-    echo "$(date -u +%FT%TZ) end $s seed $seed rc=$?" >> runs/study/drive.log
-  done
-done
-echo "$(date -u +%FT%TZ) ALLDONE" >> runs/study/drive.log
+STUDY=${DOGE_STUDY_DIR:-../runs/study}
+read -r -a DOGE <<< "${DOGE:-.venv/bin/doge}"
+mkdir -p "$STUDY"
+while pgrep -f "dogetickets.cli run configs/study|doge run configs/study" > /dev/null; do sleep 20; done  # one at a time
+step() {  # step NAME SEED: one seed of configs/study/NAME.toml
+  echo "$(date -u +%FT%TZ) start $1 seed $2" >> "$STUDY/drive.log"
+  "${DOGE[@]}" run "configs/study/$1.toml" -q --out "$STUDY/$1" --set "run.seeds=[$2]" >> "$STUDY/run_$1.log" 2>&1
+  echo "$(date -u +%FT%TZ) end $1 seed $2 rc=$?" >> "$STUDY/drive.log"
+}
+for seed in 0 1 2; do step mnli $seed; step ontonotes $seed; done
+for seed in 0 1 2; do step mnli-4 $seed; step mnli-3 $seed; done
+echo "$(date -u +%FT%TZ) ALLDONE" >> "$STUDY/drive.log"

@@ -26,17 +26,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from dogetickets import methods as registry
-from dogetickets.data.sources import Example, _label_str, _LabelSet
+from dogetickets.data.sources import Example, LabelSet, label_str
 from dogetickets.data.tasks import Encoded, Task, make_task
 from dogetickets.errors import DogeError
 from dogetickets.models.units import GRANULARITIES, Units
 from dogetickets.scoring import UnitScores, expressive_scores
-from dogetickets.tickets import Shape, Ticket, random_ticket, select
+from dogetickets.tickets import Shape, Ticket, choose
 
 __all__ = ["ModelScores", "encode_domains", "model_labels", "prune", "score_domains", "select_ticket"]
 
@@ -69,7 +68,7 @@ def model_labels(model: nn.Module, labels: Sequence[Any] | None = None) -> list[
     names = [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(n)]
     if labels is None:
         return names
-    given = [_label_str(v, "labels") for v in labels]
+    given = [label_str(v, "labels") for v in labels]
     if len(given) != n:
         raise DogeError(f"labels: {len(given)} names for a model with {n} labels ({', '.join(names)})")
     if not _generic(names) and given != names:
@@ -126,7 +125,7 @@ def _text(value: Any, where: str, column: str, task: str) -> str:
 
 
 def _examples(
-    data: Any, domain: str, task: str, label_set: _LabelSet, text_column: str, text_pair_column: str,
+    data: Any, domain: str, task: str, label_set: LabelSet, text_column: str, text_pair_column: str,
     label_column: str, by_name: bool,
 ) -> list[Example]:
     wanted = [text_column, *([text_pair_column] if task == "pair" else []), label_column]
@@ -152,11 +151,11 @@ def _examples(
                 raise DogeError(f"{where}: empty sentence")
             if class_names is not None:
                 raw = [class_names[t] if isinstance(t, int) and 0 <= t < len(class_names) else t for t in raw]
-            label: int | list[int] = [label_set.id(_label_str(t, where), where) for t in raw]
+            label: int | list[int] = [label_set.id(label_str(t, where), where) for t in raw]
         else:
             if class_names is not None and isinstance(raw, int) and 0 <= raw < len(class_names):
                 raw = class_names[raw]
-            label = label_set.id(_label_str(raw, where), where)
+            label = label_set.id(label_str(raw, where), where)
         out.append(Example(text, label, domain, pair))
     if not out:
         raise DogeError(f"domain {domain!r}: no examples")
@@ -197,7 +196,7 @@ def encode_domains(
         raise DogeError("task 'tagging' needs a fast tokenizer (word alignment)")
     _check_max_length(model, max_length)
     names = model_labels(model, labels)
-    label_set = _LabelSet.given(names, "the model's config.id2label")
+    label_set = LabelSet.given(names, "the model's config.id2label")
     by_name = not _generic(names)
     by_domain = {
         str(d): _examples(data, str(d), task, label_set, text_column, text_pair_column, label_column, by_name)
@@ -311,21 +310,11 @@ def select_ticket(
     alloc = m.allocation_for(allocation or registry.DEFAULT_ALLOCATION)
     if alloc not in registry.ALLOCATIONS:
         raise DogeError(f"allocation {alloc!r}: one of {', '.join(registry.ALLOCATIONS)}")
-    if scores is None or m.ranking == "random":
-        return random_ticket(shape, sparsity, seed, allocation=alloc, granularity=g, method=method)
-    if m.ranking == "pooled":
-        head, ffn = scores.winning(g)
-    elif m.ranking == "worst":
-        head, ffn = scores.worst(g)
-    else:
-        if lam is None:
-            raise DogeError(f"method {method!r} takes a lambda (lam=100 in the paper)")
-        var = m.variance_for(variance)
-        if var == "corrected" and not scores.has_sampling_var:
-            raise DogeError("the corrected variance needs the scores' sampling variances (score again)")
-        head, ffn = scores.doge(lam, var, granularity=g)
-    return select(np.asarray(head), np.asarray(ffn), shape, sparsity, method,
-                  lam=float(lam) if m.uses_lambda and lam is not None else None, seed=seed, allocation=alloc,
+    if m.uses_lambda and scores is not None and lam is None:
+        raise DogeError(f"method {method!r} takes a lambda (lam=100 in the paper)")
+    if m.uses_lambda and scores is not None and m.variance_for(variance) == "corrected" and not scores.has_sampling_var:
+        raise DogeError("the corrected variance needs the scores' sampling variances (score again)")
+    return choose(method, sparsity, shape, scores, lam, seed=seed, allocation=alloc, variance=variance,
                   granularity=g)
 
 

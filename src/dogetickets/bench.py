@@ -250,88 +250,13 @@ def run_bench(
     """
     say = log or (lambda _msg: None)
     dev = bench_device(device)
-    loaded = _load(model, task).eval()
-    models: list[tuple[str, dict[str, Any], nn.Module]] = []
-    if is_pruned(loaded):
-        say("an exported model: timed against its architecture at full size (random weights)")
-        full = full_size(loaded).eval()
-        name, about = _about_export(loaded)
-        models += [("full", _about(None), full), (_row_name(name, about["granularity"]), about, loaded)]
-        tickets = list(tickets or [])
-    else:
-        full = loaded
-        models.append(("full", _about(None), full))
-        if tickets is None:
-            shape = Shape.of(Units(full))
-            tickets = [random_ticket(shape, s, seed) for s in sparsities]
-    for t in tickets:
-        say(f"exporting {t.name} ({t.sparsity:.1%} of the encoder pruned, {t.granularity} granularity)")
-        models.append((_row_name(t.name, t.granularity), _about(t), export_pruned(copy.deepcopy(full), t)))
+    models, full = _models_to_time(model, tickets, sparsities, seed, task, say)
     for _, _, m in models:
         m.to(dev).eval()
-
-    vocab = int(full.config.vocab_size)
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, vocab, (batch_size, seq_len), generator=gen).to(dev)
-    ids1 = ids[:1]
-    mask = torch.ones_like(ids)
-    mask1 = mask[:1]
-
-    def forward(m: nn.Module, x: torch.Tensor, a: torch.Tensor) -> Callable[[], Any]:
-        return lambda: m(input_ids=x, attention_mask=a)
-
-    say(f"inference: batch {batch_size} x {seq_len} tokens, {repeats} repeats per model")
-    with torch.inference_mode():
-        infer = _round_robin([forward(m, ids, mask) for _, _, m in models], warmup, repeats, dev)
-        say(f"latency: batch 1 x {seq_len} tokens, {latency_repeats} repeats per model")
-        latency = _round_robin([forward(m, ids1, mask1) for _, _, m in models], warmup, latency_repeats, dev)
-
-    say(f"training: batch {train_batch_size}, forward + backward + AdamW, {train_repeats} steps per model")
-    tids, tmask = ids[:train_batch_size], mask[:train_batch_size]
-    num_labels = int(full.config.num_labels)
-    shape_labels = (tids.shape[0], seq_len) if task == "tagging" else (tids.shape[0],)
-    labels = torch.randint(0, num_labels, shape_labels, generator=gen).to(dev)
-
-    def train_step(m: nn.Module) -> Callable[[], None]:
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-5)
-        m.train()
-
-        def step() -> None:
-            loss = m(input_ids=tids, attention_mask=tmask, labels=labels).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        return step
-
-    train = _round_robin([train_step(m) for _, _, m in models], warmup, train_repeats, dev)
-
-    rows: list[dict[str, Any]] = []
-    med = statistics.median
-    for (name, about, m), t_inf, t_lat, t_train in zip(models, infer, latency, train, strict=True):
-        sizes = layer_sizes(m)
-        rows.append(
-            {
-                "name": name,
-                **about,
-                "heads": sum(r["heads"] for r in sizes),
-                "ffn_blocks": sum(r["ffn"] for r in sizes),
-                "ffn_neurons": sum(r["intermediate"] for r in sizes),
-                "intermediate_sizes": [r["intermediate"] for r in sizes],
-                "params": sum(p.numel() for p in m.parameters()),
-                "encoder_params": sum(p.numel() for layer in encoder_layers(m) for p in layer.parameters()),
-                "flops_per_token": model_flops_per_token(m, seq_len),
-                "infer_examples_per_s": batch_size / med(t_inf),
-                "latency_ms": 1000 * med(t_lat),
-                "train_examples_per_s": train_batch_size / med(t_train),
-                "seconds": {"infer": t_inf, "latency": t_lat, "train": t_train},  # every repeat, in rounds
-                "best": {  # the fastest repeat, less sensitive to a busy machine than the median
-                    "infer_examples_per_s": batch_size / min(t_inf),
-                    "latency_ms": 1000 * min(t_lat),
-                    "train_examples_per_s": train_batch_size / min(t_train),
-                },
-            }
-        )
+    infer, latency, train = _time_models([m for _, _, m in models], full, batch_size, seq_len, train_batch_size,
+                                         repeats, latency_repeats, train_repeats, warmup, seed, task, dev, say)
+    rows = [_row(name, about, m, t_inf, t_lat, t_train, batch_size, seq_len, train_batch_size)
+            for (name, about, m), t_inf, t_lat, t_train in zip(models, infer, latency, train, strict=True)]
     base = rows[0]
     for i, r in enumerate(rows):
         r["flop_reduction"] = base["flops_per_token"] / r["flops_per_token"]
@@ -360,6 +285,97 @@ def run_bench(
     if out is not None:
         write_json(Path(out), result)
     return result
+
+
+def _models_to_time(model: str | Path | nn.Module, tickets: Sequence[Ticket] | None, sparsities: Sequence[float],
+                    seed: int, task: str, say: Callable[[str], None],
+                    ) -> tuple[list[tuple[str, dict[str, Any], nn.Module]], nn.Module]:
+    """(row name, about, model) of the full model and of each exported ticket, and the full model."""
+    loaded = _load(model, task).eval()
+    models: list[tuple[str, dict[str, Any], nn.Module]] = []
+    if is_pruned(loaded):
+        say("an exported model: timed against its architecture at full size (random weights)")
+        full = full_size(loaded).eval()
+        name, about = _about_export(loaded)
+        models += [("full", _about(None), full), (_row_name(name, about["granularity"]), about, loaded)]
+        tickets = list(tickets or [])
+    else:
+        full = loaded
+        models.append(("full", _about(None), full))
+        if tickets is None:
+            shape = Shape.of(Units(full))
+            tickets = [random_ticket(shape, s, seed) for s in sparsities]
+    for t in tickets:
+        say(f"exporting {t.name} ({t.sparsity:.1%} of the encoder pruned, {t.granularity} granularity)")
+        models.append((_row_name(t.name, t.granularity), _about(t), export_pruned(copy.deepcopy(full), t)))
+    return models, full
+
+
+def _time_models(models: list[nn.Module], full: nn.Module, batch_size: int, seq_len: int, train_batch_size: int,
+                 repeats: int, latency_repeats: int, train_repeats: int, warmup: int, seed: int, task: str,
+                 dev: torch.device, say: Callable[[str], None]) -> tuple[list, list, list]:
+    """Seconds of every repeat, in rounds over the models: inference, latency (batch 1), training steps."""
+    vocab = int(full.config.vocab_size)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch_size, seq_len), generator=gen).to(dev)
+    mask = torch.ones_like(ids)
+
+    def forward(m: nn.Module, x: torch.Tensor, a: torch.Tensor) -> Callable[[], Any]:
+        return lambda: m(input_ids=x, attention_mask=a)
+
+    say(f"inference: batch {batch_size} x {seq_len} tokens, {repeats} repeats per model")
+    with torch.inference_mode():
+        infer = _round_robin([forward(m, ids, mask) for m in models], warmup, repeats, dev)
+        say(f"latency: batch 1 x {seq_len} tokens, {latency_repeats} repeats per model")
+        latency = _round_robin([forward(m, ids[:1], mask[:1]) for m in models], warmup, latency_repeats, dev)
+
+    say(f"training: batch {train_batch_size}, forward + backward + AdamW, {train_repeats} steps per model")
+    tids, tmask = ids[:train_batch_size], mask[:train_batch_size]
+    num_labels = int(full.config.num_labels)
+    shape_labels = (tids.shape[0], seq_len) if task == "tagging" else (tids.shape[0],)
+    labels = torch.randint(0, num_labels, shape_labels, generator=gen).to(dev)
+
+    def train_step(m: nn.Module) -> Callable[[], None]:
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-5)
+        m.train()
+
+        def step() -> None:
+            loss = m(input_ids=tids, attention_mask=tmask, labels=labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+
+    train = _round_robin([train_step(m) for m in models], warmup, train_repeats, dev)
+    return infer, latency, train
+
+
+def _row(name: str, about: dict[str, Any], m: nn.Module, t_inf: list[float], t_lat: list[float],
+         t_train: list[float], batch_size: int, seq_len: int, train_batch_size: int) -> dict[str, Any]:
+    """One model's row: its structure, FLOPs and speeds (median and best of its repeats)."""
+    sizes = layer_sizes(m)
+    med = statistics.median
+    return {
+        "name": name,
+        **about,
+        "heads": sum(r["heads"] for r in sizes),
+        "ffn_blocks": sum(r["ffn"] for r in sizes),
+        "ffn_neurons": sum(r["intermediate"] for r in sizes),
+        "intermediate_sizes": [r["intermediate"] for r in sizes],
+        "params": sum(p.numel() for p in m.parameters()),
+        "encoder_params": sum(p.numel() for layer in encoder_layers(m) for p in layer.parameters()),
+        "flops_per_token": model_flops_per_token(m, seq_len),
+        "infer_examples_per_s": batch_size / med(t_inf),
+        "latency_ms": 1000 * med(t_lat),
+        "train_examples_per_s": train_batch_size / med(t_train),
+        "seconds": {"infer": t_inf, "latency": t_lat, "train": t_train},  # every repeat, in rounds
+        "best": {  # the fastest repeat, less sensitive to a busy machine than the median
+            "infer_examples_per_s": batch_size / min(t_inf),
+            "latency_ms": 1000 * min(t_lat),
+            "train_examples_per_s": train_batch_size / min(t_train),
+        },
+    }
 
 
 _COLUMNS = (

@@ -56,13 +56,13 @@ def _overrides(data_dir: str | None, out: str | None, model: str | None, sets: l
     return o
 
 
-def _pipeline(config: Path, data_dir: str | None, out: str | None, model: str | None,
+def _sweep(config: Path, data_dir: str | None, out: str | None, model: str | None,
               sets: list[str] | None, quiet: bool, worker: bool = False):  # noqa: ANN202
     from dogetickets.config import load_config
-    from dogetickets.pipeline import Pipeline
+    from dogetickets.run.sweep import Sweep
 
     cfg = load_config(config, _overrides(data_dir, out, model, sets))
-    return Pipeline(cfg, show_progress=not quiet, worker=worker)
+    return Sweep(cfg, show_progress=not quiet, worker=worker)
 
 
 @app.command()
@@ -84,24 +84,24 @@ def run(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, mode
     if only is not None:
         if workers or address:
             raise DogeError("--only runs one job here: it does not combine with --workers/--address")
-        path = _pipeline(config, data_dir, out, model, set_, quiet, worker=True).run_one(only)
+        path = _sweep(config, data_dir, out, model, set_, quiet, worker=True).run_one(only)
         typer.echo(f"done: {path}")
         return
     if workers or address:
         from dogetickets.distributed import check_options
 
         check_options(workers, address)  # before anything is read
-    pipe = _pipeline(config, data_dir, out, model, set_, quiet)
+    sweep = _sweep(config, data_dir, out, model, set_, quiet)
     if workers or address:
         from dogetickets.distributed import run_ray
 
-        results = run_ray(pipe, workers, address)
+        results = run_ray(sweep, workers, address)
     else:
-        results = pipe.run()
+        results = sweep.run()
     if results:  # empty when every run failed
         print_results(results)
-        typer.echo(f"results: {pipe.out / 'results.md'}")
-    failure = pipe.failure()
+        typer.echo(f"results: {sweep.out / 'results.md'}")
+    failure = sweep.failure()
     if failure is not None:
         raise failure
 
@@ -114,14 +114,14 @@ def jobs(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, mod
     Prepares the run directory (config, labels) as `doge run` does; prints only the commands (-q or not)."""
     import shlex
 
-    pipe = _pipeline(config, data_dir, out, model, set_, quiet=True)
+    sweep = _sweep(config, data_dir, out, model, set_, quiet=True)
     base = ["doge", "run", str(config)]
     for flag, value in (("--data-dir", data_dir), ("--out", out), ("--model", model)):
         if value:
             base += [flag, value]
     for item in set_ or []:
         base += ["--set", item]
-    for job in pipe.pending():
+    for job in sweep.pending():
         typer.echo(shlex.join([*base, "--only", job.name, "-q"]))
 
 
@@ -129,14 +129,14 @@ def jobs(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, mod
 def finetune(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, model: ModelOpt = None,
              set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Save the rewind point, fine-tune (ERM, and IRM if a baseline), evaluate."""
-    _pipeline(config, data_dir, out, model, set_, quiet).finetune()
+    _sweep(config, data_dir, out, model, set_, quiet).finetune()
 
 
 @app.command()
 def score(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, model: ModelOpt = None,
           set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Per-domain expressive scores of the fine-tuned model (scores/scores.json)."""
-    _pipeline(config, data_dir, out, model, set_, quiet).score()
+    _sweep(config, data_dir, out, model, set_, quiet).score()
 
 
 @app.command()
@@ -152,10 +152,10 @@ def prune(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, mo
             raise DogeError(f"--finetuned {finetuned}: not a model folder (no config.json)")
         model = str(finetuned)  # its architecture and tokenizer
     from dogetickets.config import load_config
-    from dogetickets.pipeline import Pipeline
+    from dogetickets.run.sweep import Sweep
 
     cfg = load_config(config, _overrides(data_dir, out, model, set_))
-    for path in Pipeline(cfg, show_progress=not quiet, finetuned=finetuned).prune():
+    for path in Sweep(cfg, show_progress=not quiet, finetuned=finetuned).prune():
         typer.echo(str(path))
 
 
@@ -163,7 +163,7 @@ def prune(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, mo
 def rewind(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, model: ModelOpt = None,
            set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Rewind every ticket to the rewind point, train again with pruned units held at zero, evaluate."""
-    _pipeline(config, data_dir, out, model, set_, quiet).rewind_all()
+    _sweep(config, data_dir, out, model, set_, quiet).rewind_all()
 
 
 @app.command()
@@ -172,9 +172,9 @@ def evaluate(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None,
     """Re-evaluate the run's saved models on the config's dev and test domains; print the table."""
     from dogetickets.results import print_results
 
-    pipe = _pipeline(config, data_dir, out, model, set_, quiet)
-    pipe.evaluate_all()
-    print_results(pipe.results())
+    sweep = _sweep(config, data_dir, out, model, set_, quiet)
+    sweep.evaluate_all()
+    print_results(sweep.results())
 
 
 @data_app.command("fetch")
@@ -227,8 +227,8 @@ def analyze(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, 
                 "--finetuned", help="A fine-tuned model folder to analyze instead of the run's ERM model")] = None,
             ) -> None:
     """Expressive scores across domains (Fig. 4) and the pilot study (Fig. 1/6) of a fine-tuned model."""
-    pipe = _pipeline(config, data_dir, out, model, set_, quiet)
-    paths, classes = pipe.analyze(seed, finetuned)
+    sweep = _sweep(config, data_dir, out, model, set_, quiet)
+    paths, classes = sweep.analyze(seed, finetuned)
     typer.echo("units by mean x variance of their scores across domains: "
                + ", ".join(f"{k} {v}" for k, v in classes.items()))
     for path in paths:
@@ -251,7 +251,7 @@ def preview(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, 
     from dogetickets.preview import parse_grid, print_preview, run_preview
 
     levels = parse_grid(grid)
-    print_preview(run_preview(_pipeline(config, data_dir, out, model, set_, quiet), seeds=seed, grid=levels))
+    print_preview(run_preview(_sweep(config, data_dir, out, model, set_, quiet), seeds=seed, grid=levels))
 
 
 @app.command("export")

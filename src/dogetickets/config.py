@@ -19,8 +19,8 @@ from dogetickets.errors import DogeError
 
 Task = Literal["text", "pair", "tagging"]
 Source = Literal["released", "file", "hf"]
-Baseline = Literal["erm", "irm"]
-Objective = Literal["erm", "irm"]
+Baseline = registry.BaselineName
+Objective = registry.BaselineName
 Precision = Literal["auto", "no", "bf16", "fp16"]
 
 TASKS: tuple[str, ...] = get_args(Task)
@@ -165,16 +165,16 @@ class TicketConfig(_Section):
     normalize_ffn: bool = True  # l2 across layers (the released code)
     # how the pruned parameters split between heads and FFN blocks (dogetickets.tickets)
     # (a method with an allocation suffix, e.g. "doge-balanced", uses its own)
-    allocation: Literal["global", "proportional", "balanced"] = registry.DEFAULT_ALLOCATION
+    allocation: registry.Allocation = registry.DEFAULT_ALLOCATION
     # how doge's lambda is chosen on in-domain dev: "rewind" (every lambda's ticket is rewound and trained;
     # the report picks the best dev run) or "preview" (per sparsity, the lambda whose ticket removed from
     # the fine-tuned model, without retraining, scores best on dev; only that ticket is rewound)
     lambda_choice: Literal["rewind", "preview"] = "rewind"
     # doge's between-domain variance: "paper" (observed) or "corrected" (minus the sampling noise of the
     # domain means, floored at 0; method "doge-nc" always uses it) (dogetickets.scoring)
-    variance: Literal["paper", "corrected"] = "paper"
+    variance: registry.Variance = "paper"
     # what an FFN unit is: the whole block (the paper) or each intermediate neuron (own gate, own score)
-    granularity: Literal["block", "neuron"] = "block"
+    granularity: registry.Granularity = "block"
     max_score_per_domain: Count = 0  # examples per domain for scoring; 0 = all training examples
     # small length-sorted batches score fastest on CPU (benchmarks/bench_core.py)
     score_batch_size: int = Field(16, gt=0)

@@ -1,4 +1,4 @@
-"""A sweep over many devices and machines: the declared jobs (dogetickets.stages) as a Ray task graph.
+"""A sweep over many devices and machines: the declared jobs (dogetickets.run.plan) as a Ray task graph.
 
 `doge run CONFIG --workers N` starts a local Ray instance with N CPU slots; `--address auto` (on a node of
 a running cluster) or `--address ray://host:port` (its Ray Client server, from anywhere; needs
@@ -7,7 +7,7 @@ decide how many jobs run at once, so `--workers` and `--address` do not combine.
 connects (an address nothing answers on is a one-line error within seconds), then prepares and locks the
 run directory exactly as the sequential `doge run` does, then submits one Ray task per job, each job's
 inputs passed as the ObjectRefs of the jobs it needs, so Ray starts it when they are done. A task builds a
-worker `Pipeline` (no lock, no config written) and calls the same `Pipeline.execute` as the sequential
+worker `Sweep` (no lock, no config written) and calls the same `Sweep.execute` as the sequential
 sweep: same files, written atomically, DONE last; finished jobs are skipped, so a killed sweep resumes.
 Each task asks Ray for one GPU where the cluster has GPUs, else for one CPU slot, and then uses cores / N
 threads on a local instance, one thread on a cluster (one per CPU slot it holds). The run directory must
@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 from dogetickets.errors import DogeError
 
 if TYPE_CHECKING:
-    from dogetickets.pipeline import Pipeline
-    from dogetickets.stages import Job
+    from dogetickets.run.plan import Job
+    from dogetickets.run.sweep import Sweep
 
 
 def _one_line(exc: BaseException) -> str:
@@ -55,13 +55,13 @@ def execute_job(cfg_dict: dict[str, Any], job: Job, threads: int, *needs: dict[s
         import torch
 
         from dogetickets.config import config_from_dict
-        from dogetickets.pipeline import Pipeline
+        from dogetickets.run.sweep import Sweep
 
         if threads > 0:
             torch.set_num_threads(threads)
-        pipe = Pipeline(config_from_dict(cfg_dict), show_progress=False, worker=True)
-        pipe.init_dir()
-        pipe.execute(job)
+        sweep = Sweep(config_from_dict(cfg_dict), show_progress=False, worker=True)
+        sweep.open()
+        sweep.execute(job)
         status["ok"] = True
     except BaseException as exc:  # noqa: BLE001 - a job's failure is data for the driver
         status["error"] = _one_line(exc)
@@ -140,10 +140,10 @@ def check_options(workers: int, address: str | None) -> None:
         raise DogeError(f"--workers {workers}: needs at least 1")
 
 
-def run_ray(pipe: Pipeline, workers: int, address: str | None = None) -> dict[str, Any]:
-    """The whole sweep of `pipe`'s config on Ray: a local instance of `workers` CPU slots, or the cluster at
-    `address` (then `workers` must be 0: the cluster's resources decide); the table as `Pipeline.run`
-    returns it. Failed runs are in `pipe.failed` (`pipe.failure()` names them), as with the sequential sweep."""
+def run_ray(sweep: Sweep, workers: int, address: str | None = None) -> dict[str, Any]:
+    """The whole sweep of `sweep`'s config on Ray: a local instance of `workers` CPU slots, or the cluster at
+    `address` (then `workers` must be 0: the cluster's resources decide); the table as `Sweep.run`
+    returns it. Failed runs are in `sweep.failed` (`sweep.failure()` names them), as with the sequential sweep."""
     try:
         import ray
     except ImportError:
@@ -155,35 +155,35 @@ def run_ray(pipe: Pipeline, workers: int, address: str | None = None) -> dict[st
     if started_here:
         _connect(workers, address)
     try:
-        pipe.init_dir()  # the driver holds the run directory: lock, config, labels
-        cfg_dict = pipe.cfg.to_dict()
-        if pipe.cfg.data.source == "released":
-            cfg_dict["data"]["dir"] = str(pipe.cfg.data_dir().resolve())  # workers may not share the environment
-        cfg_dict["run"]["out"] = str(pipe.out.resolve())
+        sweep.open()  # the driver holds the run directory: lock, config, labels
+        cfg_dict = sweep.cfg.to_dict()
+        if sweep.cfg.data.source == "released":
+            cfg_dict["data"]["dir"] = str(sweep.cfg.data_dir().resolve())  # workers may not share the environment
+        cfg_dict["run"]["out"] = str(sweep.out.resolve())
         options, threads = _resources(workers, local=not address)
         remote = ray.remote(execute_job).options(max_retries=0, **options)
-        jobs = pipe.plan()
+        jobs = sweep.plan()
         refs: dict[str, Any] = {}
         for job in jobs:
             refs[job.name] = remote.remote(cfg_dict, job, threads, *(refs[n] for n in job.needs))
         total = sum(j.is_run for j in jobs)
         pending = list(refs.values())
         where = f"the cluster at {address}" if address else f"Ray, {workers} workers"
-        with sweep_progress(f"sweep on {where} ({total} runs)", total, pipe.show_progress) as advance:
+        with sweep_progress(f"sweep on {where} ({total} runs)", total, sweep.ctx.show_progress) as advance:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
                 status = ray.get(ready[0])
                 if not status["ok"] and (status["is_run"] or status["cause"] is None):
-                    pipe.failed.setdefault(status["run"], status["error"])  # a ticket's own error comes first
+                    sweep.failed.setdefault(status["run"], status["error"])  # a ticket's own error comes first
                     if status["cause"] is None:
-                        pipe._warn(f"{status['run']} failed: {status['error']}")
+                        sweep.ctx.warn(f"{status['run']} failed: {status['error']}")
                 if status["is_run"]:
                     advance(1, info=status["run"])
-                pipe.record_time(ended=False)  # a driver killed later keeps its time up to here
+                sweep.record_time(ended=False)  # a driver killed later keeps its time up to here
     finally:
         if started_here:
             ray.shutdown()
-    runs = sum(j.is_run for j in pipe.plan())
-    results = pipe.results() if len(pipe.failed) < runs else {}
-    pipe.report_time()
+    runs = sum(j.is_run for j in sweep.plan())
+    results = sweep.results() if len(sweep.failed) < runs else {}
+    sweep.report_time()
     return results

@@ -19,14 +19,21 @@ Lower layers only: this module imports nothing of the package.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal, get_args
 
-ALLOCATIONS: tuple[str, ...] = ("global", "proportional", "balanced")
+# The vocabulary of the config's ticket and baseline keys (config.py checks against these types).
+Allocation = Literal["global", "proportional", "balanced"]
+Variance = Literal["paper", "corrected"]
+Granularity = Literal["block", "neuron"]  # FFN units: whole blocks, or single intermediate neurons
+BaselineName = Literal["erm", "irm"]  # the registered baselines (checked below)
+ALLOCATIONS: tuple[str, ...] = get_args(Allocation)
+GRANULARITIES: tuple[str, ...] = get_args(Granularity)
 # The default allocation (config tickets.allocation, dogetickets.select_ticket, tickets.select): the one the
 # study's in-domain dev chose (README, "Does it work?"; `doge report`'s "Ticket allocations compared"). Ticket
 # files written before allocations existed were global (tickets.Ticket).
 DEFAULT_ALLOCATION = "proportional"
 RANKINGS: tuple[str, ...] = ("random", "pooled", "domain_general", "worst")
-VARIANCES: tuple[str, ...] = ("paper", "corrected")
+VARIANCES: tuple[str, ...] = get_args(Variance)
 _LINESTYLES = {None: "-", "global": "-", "proportional": "--", "balanced": ":"}
 
 
@@ -107,6 +114,10 @@ register(Method("doge-worst", "worst-domain tickets", "tab:brown", "ticket", "wo
                 description="the lowest training domain's expressive score"))
 
 
+if tuple(_REGISTERED[n].name for n in _REGISTERED if not _REGISTERED[n].is_ticket) != get_args(BaselineName):
+    raise AssertionError("methods.BaselineName must list the registered baselines")
+
+
 def get(name: str) -> Method:
     """The method called `name` (a registered one, or a ticket method with an allocation suffix).
     KeyError with the known names otherwise."""
@@ -156,6 +167,13 @@ def label(name: str) -> str:
     return get(name).label if is_known(name) else name
 
 
+def with_lambda(name: str, lam: object) -> str:
+    """'doge λ=100' for a method that takes a lambda and has one (not None or NaN), the name otherwise."""
+    takes = is_known(name) and get(name).uses_lambda
+    has = lam is not None and lam == lam  # NaN != NaN
+    return f"{name} λ={float(lam):g}" if takes and has else name  # type: ignore[arg-type]
+
+
 def color(name: str, fallback: str = "tab:olive") -> str:
     return get(name).color if is_known(name) else fallback
 
@@ -177,7 +195,12 @@ def comparisons(names: object) -> list[tuple[str, str]]:
     for name in ordered(present):
         if not is_known(name) or get(name).ranking not in ("domain_general", "worst"):
             continue
-        m = get(name)
-        winning = "winning" if m.allocation is None else f"winning-{m.allocation}"
-        out += [(name, b) for b in ("erm", winning) if b in present]
+        out += [(name, b) for b in ("erm", winning_for(name)) if b in present]
     return out
+
+
+def winning_for(name: str) -> str:
+    """The winning tickets of the same allocation as the method `name`: doge-balanced -> winning-balanced,
+    doge -> winning (the run's allocation). KeyError for an unknown method."""
+    allocation = get(name).allocation
+    return "winning" if allocation is None else f"winning-{allocation}"

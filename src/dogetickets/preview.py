@@ -26,11 +26,13 @@ from rich.table import Table
 from dogetickets import methods as registry
 from dogetickets.errors import DogeError
 from dogetickets.io import read_json_or_none, write_json
+from dogetickets.run import runs, settings
+from dogetickets.tickets import TicketSpec
 
 if TYPE_CHECKING:
     import torch
 
-    from dogetickets.pipeline import Pipeline
+    from dogetickets.run.sweep import Sweep
     from dogetickets.tickets import Ticket
 
 DEFAULT_GRID = "0:0.6:0.05"
@@ -71,45 +73,46 @@ def parse_grid(text: str) -> list[float]:
     return grid
 
 
-def _specs(pipe: Pipeline) -> list[tuple[str, float | None]]:
+def _specs(sweep: Sweep) -> list[tuple[str, float | None]]:
     """(method, lambda) of every configured method, once per lambda for a method that takes one."""
-    t = pipe.cfg.tickets
+    t = sweep.cfg.tickets
     return [(m, lam) for m in t.methods for lam in (t.lambdas if registry.get(m).uses_lambda else [None])]
 
 
-def preview_settings(pipe: Pipeline, seeds: list[int], grid: list[float]) -> dict[str, Any]:
+def preview_settings(sweep: Sweep, seeds: list[int], grid: list[float]) -> dict[str, Any]:
     """What a preview depends on: the grid, the methods, the fine-tuned model and scores, the test data."""
     return {
         "grid": grid,
-        "methods": list(pipe.cfg.tickets.methods),
-        "lambdas": (list(pipe.cfg.tickets.lambdas)
-                    if any(registry.get(m).uses_lambda for m in pipe.cfg.tickets.methods) else []),
+        "methods": list(sweep.cfg.tickets.methods),
+        "lambdas": (list(sweep.cfg.tickets.lambdas)
+                    if any(registry.get(m).uses_lambda for m in sweep.cfg.tickets.methods) else []),
         "seeds": seeds,
-        "allocation": pipe.cfg.tickets.allocation,
-        "scores": {str(s): pipe._scores_settings(s) for s in seeds},
-        "eval": pipe._eval_settings(),
+        "allocation": sweep.cfg.tickets.allocation,
+        "scores": {str(s): settings.scores(sweep.cfg, s, sweep.ctx.labels, sweep.ctx.finetuned_settings)
+                   for s in seeds},
+        "eval": settings.evaluation(sweep.cfg),
     }
 
 
-def evaluate_ticket(pipe: Pipeline, model: torch.nn.Module, ticket: Ticket) -> tuple[dict, dict]:
+def evaluate_ticket(sweep: Sweep, model: torch.nn.Module, ticket: Ticket) -> tuple[dict, dict]:
     """Dev and test metrics of `model` with the ticket's units removed (a pruned copy; `model` is untouched)."""
-    dev, test = pipe.masked_scores(model, ticket, ("dev", "test"))
+    dev, test = runs.masked_scores(sweep.ctx, model, ticket, ("dev", "test"))
     return dev, test
 
 
-def _seed_rows(pipe: Pipeline, seed: int, grid: list[float], advance: Any) -> list[dict[str, Any]]:
+def _seed_rows(sweep: Sweep, seed: int, grid: list[float], advance: Any) -> list[dict[str, Any]]:
     """One row per method (x lambda) x sparsity of one seed's fine-tuned model."""
-    pipe.rewind_point(seed)
-    model = pipe._finetuned(seed)
+    sweep.stages.init.ensure(seed)
+    model = sweep.stages.finetuned_model(seed)
     done: dict[tuple, tuple[dict, dict]] = {}  # pruned units -> (dev, test) metrics
     rows = []
-    for method, lam in _specs(pipe):
+    for method, lam in _specs(sweep):
         for target in grid:
-            ticket = pipe.choose_ticket(seed, (method, target, lam))
+            ticket = sweep.stages.ticket.choose(seed, TicketSpec(method, target, lam))
             key = (tuple(sorted((int(k), tuple(v)) for k, v in ticket.pruned_heads.items())),
                    tuple(ticket.pruned_ffn))
             if key not in done:
-                done[key] = evaluate_ticket(pipe, model, ticket)
+                done[key] = evaluate_ticket(sweep, model, ticket)
             dev, test = done[key]
             rows.append({
                 "seed": seed, "method": method, "lambda": lam, "target_sparsity": target,
@@ -122,27 +125,27 @@ def _seed_rows(pipe: Pipeline, seed: int, grid: list[float], advance: Any) -> li
     return rows
 
 
-def run_preview(pipe: Pipeline, seeds: list[int] | None = None, grid: list[float] | None = None) -> Preview:
+def run_preview(sweep: Sweep, seeds: list[int] | None = None, grid: list[float] | None = None) -> Preview:
     """Evaluate every method's tickets over `grid` (default 0-60% in 5% steps) for `seeds` (default: the
     config's); fine-tunes and scores first if need be. Reuses the files when their settings are unchanged."""
     from dogetickets.progress import sweep_progress
     from dogetickets.report.figures import plot_preview
 
-    seeds = list(seeds or pipe.cfg.run.seeds)
+    seeds = list(seeds or sweep.cfg.run.seeds)
     grid = list(grid or parse_grid(DEFAULT_GRID))
-    pipe.init_dir()
-    csv, png, js = (pipe.out / f for f in FILES)
-    settings = preview_settings(pipe, seeds, grid)
+    sweep.open()
+    csv, png, js = (sweep.out / f for f in FILES)
+    settings = preview_settings(sweep, seeds, grid)
     if read_json_or_none(js) == _as_json(settings) and csv.is_file() and png.is_file():
         try:
             return Preview(pd.read_csv(csv), csv, png, js, reused=True)
         except (ValueError, OSError):
             pass  # damaged: computed again
     js.unlink(missing_ok=True)
-    total = len(seeds) * len(_specs(pipe)) * len(grid)
-    with sweep_progress(f"preview ({total} tickets)", total, pipe.show_progress) as advance:
-        rows = pd.DataFrame([r for seed in seeds for r in _seed_rows(pipe, seed, grid, advance)])
-    plot_preview(rows, png, metric=pipe.data.task.metric)  # writes preview.csv beside it
+    total = len(seeds) * len(_specs(sweep)) * len(grid)
+    with sweep_progress(f"preview ({total} tickets)", total, sweep.ctx.show_progress) as advance:
+        rows = pd.DataFrame([r for seed in seeds for r in _seed_rows(sweep, seed, grid, advance)])
+    plot_preview(rows, png, metric=sweep.ctx.data.task.metric)  # writes preview.csv beside it
     write_json(js, settings)
     return Preview(rows, csv, png, js, reused=False)
 
@@ -154,15 +157,10 @@ def _as_json(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-def method_label(method: str, lam: Any) -> str:
-    """'doge λ=100' for a method that takes a lambda, the method's name otherwise."""
-    takes = registry.is_known(method) and registry.get(method).uses_lambda
-    return f"{method} λ={lam:g}" if takes and lam is not None and not pd.isna(lam) else method
-
-
 def dev_table(rows: pd.DataFrame) -> Table:
     """Dev score (%, mean over seeds) by target sparsity x method; achieved sparsity of the first method."""
-    rows = rows.assign(label=[method_label(m, lam) for m, lam in zip(rows["method"], rows["lambda"], strict=True)])
+    rows = rows.assign(label=[registry.with_lambda(m, lam)
+                              for m, lam in zip(rows["method"], rows["lambda"], strict=True)])
     labels = list(dict.fromkeys(rows["label"]))
     mean = rows.groupby(["target_sparsity", "label"], sort=True)["dev_score"].mean().unstack()
     achieved = rows.groupby("target_sparsity", sort=True)["sparsity"].mean()

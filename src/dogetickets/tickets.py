@@ -37,7 +37,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -47,6 +47,9 @@ from dogetickets.errors import DogeError
 from dogetickets.io import atomic_write_text
 from dogetickets.methods import ALLOCATIONS
 from dogetickets.models.units import GRANULARITIES
+
+if TYPE_CHECKING:
+    from dogetickets.scoring import UnitScores
 
 _NEURON_FIELDS = ("pruned_neurons", "granularity", "intermediate_size")  # not written in block-level tickets
 
@@ -196,6 +199,59 @@ def ticket_name(method: str, sparsity: float, lam: float | None = None) -> str:
     if lam is not None and registry.is_known(method) and registry.get(method).uses_lambda:
         name += f"-l{lam:g}"
     return name
+
+
+class TicketSpec(NamedTuple):
+    """Which ticket: a ticket method, its target sparsity and its lambda (None: the method takes none, or
+    the lambda is chosen on dev). A run directory names the ticket after it (`name`)."""
+
+    method: str
+    sparsity: float
+    lam: float | None = None
+
+    @property
+    def name(self) -> str:
+        return ticket_name(self.method, self.sparsity, self.lam)
+
+
+def rank(scores: UnitScores, method: str, lam: float | None = None, variance: str = "paper",
+         granularity: str = "block") -> tuple[np.ndarray, np.ndarray]:
+    """The (head, FFN) scores a ticket method prunes the lowest of, as the method registry says: the
+    pooled score (winning), the lowest domain's (worst), or mean - lambda x variance over domains (doge,
+    with the method's variance, `variance` when it has none of its own). Not for random tickets."""
+    m = registry.get(method)
+    if m.ranking == "pooled":
+        return scores.winning(granularity)
+    if m.ranking == "worst":
+        return scores.worst(granularity)
+    if m.ranking == "domain_general":
+        return scores.doge(lam or 0.0, m.variance_for(variance), granularity=granularity)
+    raise DogeError(f"method {method!r} ranks no scores (ranking {m.ranking!r})")
+
+
+def choose(
+    method: str,
+    sparsity: float,
+    shape: Shape,
+    scores: UnitScores | None = None,
+    lam: float | None = None,
+    *,
+    seed: int = 0,
+    allocation: str = registry.DEFAULT_ALLOCATION,
+    variance: str = "paper",
+    granularity: str = "block",
+) -> Ticket:
+    """The ticket of `method` at `sparsity`: random units drawn from `seed`, or the lowest-ranked units by
+    `rank`, under the method's allocation (`allocation` when it has none of its own). The one way a ticket
+    is chosen: by the run's ticket stage and by the Python API (`dogetickets.select_ticket`)."""
+    m = registry.get(method)
+    alloc = m.allocation_for(allocation)
+    if scores is None or m.ranking == "random":
+        return random_ticket(shape, sparsity, seed, allocation=alloc, granularity=granularity, method=method)
+    head, ffn = rank(scores, method, lam, variance, granularity)
+    return select(np.asarray(head), np.asarray(ffn), shape, sparsity, method,
+                  lam=float(lam) if m.uses_lambda and lam is not None else None, seed=seed, allocation=alloc,
+                  granularity=granularity)
 
 
 def select(

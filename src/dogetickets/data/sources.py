@@ -3,7 +3,7 @@
 Every source ends in the same shape: `Splits` (train/dev/test, each domain -> examples) plus the
 label names in id order. Bad input is a one-line `DogeError` naming the file and line, or the key.
 
-Labels have one type: every label value becomes a string (`_label_str`). Numbers (ints, floats,
+Labels have one type: every label value becomes a string (`label_str`). Numbers (ints, floats,
 `True`/`False` as 1/0, and strings that are plain decimal numbers such as "2", "02", "2.0" or
 "4.50") take their canonical decimal form ("2", "4.5"); other strings are kept exactly. So `2`,
 `2.0` and `"2"` are one label. (The released datasets' files refuse `true`/`false`: their labels are
@@ -343,7 +343,7 @@ def _load_generic(cfg: Config) -> dict[str, dict[str, list[_Raw]]]:
 # ---- labels ----------------------------------------------------------------------------------
 
 
-def _label_str(value: Any, where: str) -> str:
+def label_str(value: Any, where: str) -> str:
     """One label value in its one string form (the rule is in the module docstring)."""
     if isinstance(value, bool):
         return str(int(value))
@@ -370,15 +370,15 @@ def _number_str(x: Decimal) -> str:
 def _normalize(raws: Iterable[_Raw], task: str) -> None:
     for r in raws:
         if task != "tagging":
-            r.label = _label_str(r.label, r.where)
+            r.label = label_str(r.label, r.where)
         elif isinstance(r.label, list):
-            r.label = [_label_str(t, r.where) for t in r.label]
+            r.label = [label_str(t, r.where) for t in r.label]
         else:
             raise DogeError(f"{r.where}: expected a list of tags, got {type(r.label).__name__}")
 
 
 @dataclass
-class _LabelSet:
+class LabelSet:
     """Label names in id order, and where they came from (for error messages)."""
 
     names: list[str]
@@ -391,10 +391,10 @@ class _LabelSet:
         self.ids_allowed = not any(_NUMBER.fullmatch(name) for name in self.names)
 
     @classmethod
-    def given(cls, values: list[Any], origin: str) -> _LabelSet:
+    def given(cls, values: list[Any], origin: str) -> LabelSet:
         if not values:
             raise DogeError(f"{origin}: the label list is empty")
-        names = [_label_str(v, origin) for v in values]
+        names = [label_str(v, origin) for v in values]
         dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
         if dup is not None:
             raise DogeError(f"{origin}: label {dup!r} appears twice")
@@ -441,18 +441,18 @@ def _infer_labels(raws: list[_Raw], task: str) -> list[str]:
     return sorted(counts)
 
 
-def _label_set(cfg: Config, raws: list[_Raw], labels: list[str] | None) -> _LabelSet:
+def _label_set(cfg: Config, raws: list[_Raw], labels: list[str] | None) -> LabelSet:
     d = cfg.data
     if labels is not None:
-        return _LabelSet.given(labels, "this run (saved in its directory)")
+        return LabelSet.given(labels, "this run (saved in its directory)")
     if d.labels:
-        return _LabelSet.given(d.labels, "config key 'data.labels'")
+        return LabelSet.given(d.labels, "config key 'data.labels'")
     if d.source == "released" and d.dataset in RELEASED_LABELS:
-        return _LabelSet(RELEASED_LABELS[d.dataset], f"the released '{d.dataset}' data")
-    return _LabelSet(_infer_labels(raws, d.task), "the data")
+        return LabelSet(RELEASED_LABELS[d.dataset], f"the released '{d.dataset}' data")
+    return LabelSet(_infer_labels(raws, d.task), "the data")
 
 
-def _to_examples(raws: list[_Raw], task: str, labels: _LabelSet) -> list[Example]:
+def _to_examples(raws: list[_Raw], task: str, labels: LabelSet) -> list[Example]:
     out = []
     for r in raws:
         if task == "tagging":

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dogetickets import methods
 from dogetickets.errors import DogeError
 
 
@@ -165,7 +166,7 @@ def _rows_params(lin: nn.Linear, rows: int) -> int:
 
 
 Gates = tuple[torch.Tensor | None, ...]
-GRANULARITIES = ("block", "neuron")  # FFN units: whole blocks, or single intermediate neurons
+GRANULARITIES = methods.GRANULARITIES  # FFN units: whole blocks, or single intermediate neurons
 
 
 class Units:

@@ -1,11 +1,14 @@
 """Load the finished runs of a run directory into one tidy table (one row per run).
 
-Layout read (only folders holding a ``DONE`` marker count)::
+Layout read (only folders holding a ``DONE`` marker count; the paths are :class:`RunLayout`'s)::
 
     <out>/seed<k>/erm/            baseline fine-tuning
     <out>/seed<k>/irm/            baseline IRM (optional)
     <out>/seed<k>/rewind/<name>/  random / winning / doge tickets
     <out>/seed<k>/scores/scores.json
+
+Every reader takes ``seeds``: the seeds to read (None: all), e.g. those a running study has finished
+(``doge report --seeds``).
 
 Column conventions of the table: every column holding a test-set number starts with ``test`` (``test_mean``,
 ``test_worst``, ``test:<domain>``), so the selection code can drop them all by prefix; dev numbers are
@@ -16,10 +19,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import tomllib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,8 @@ import pandas as pd
 from dogetickets import methods as registry
 from dogetickets.errors import DogeError
 from dogetickets.io import is_done, read_json
+from dogetickets.run.layout import BASELINE_FOLDERS, RunLayout
 
-BASELINES = tuple(registry.baselines())
 METRIC_LABELS = {"accuracy": "Acc", "entity_f1": "F1"}
 
 ID_COLUMNS = [
@@ -49,8 +50,6 @@ ID_COLUMNS = [
     "path",
 ]
 
-_SEED_RE = re.compile(r"^seed(\d+)$")
-
 
 def is_test_column(column: str) -> bool:
     """True for every column that carries a test-set number (the selection never looks at these)."""
@@ -69,41 +68,14 @@ def dataset_names(run_dirs: list[Path]) -> list[str]:
     return out
 
 
-_ONLY_SEEDS: list[frozenset[int] | None] = [None]  # set by only_seeds(): the seeds a report reads
-
-
-@contextmanager
-def only_seeds(seeds: Iterable[int] | None) -> Iterator[None]:
-    """Within the block, every reader of seed folders (the runs table, scores, diagnostics, figures) sees
-    only these seeds (None: all). For a report of some seeds of a study still running."""
-    before = _ONLY_SEEDS[0]
-    _ONLY_SEEDS[0] = None if seeds is None else frozenset(int(s) for s in seeds)
-    try:
-        yield
-    finally:
-        _ONLY_SEEDS[0] = before
-
-
-def seed_dirs(run_dir: Path) -> list[tuple[int, Path]]:
-    """The ``seed<k>`` folders of a run directory, by seed (those of `only_seeds`, inside its block)."""
-    found = []
-    wanted = _ONLY_SEEDS[0]
-    for child in Path(run_dir).iterdir() if Path(run_dir).is_dir() else []:
-        m = _SEED_RE.match(child.name)
-        if m and child.is_dir() and (wanted is None or int(m.group(1)) in wanted):
-            found.append((int(m.group(1)), child))
-    return sorted(found)
-
-
-def finished_run_dirs(run_dir: Path) -> Iterator[tuple[int, Path]]:
-    """(seed, folder) of every finished run (baselines and rewound tickets) whose test numbers are on
-    the test domains of the run directory's config.toml (a run evaluated on others is left out)."""
+def finished_run_dirs(run_dir: Path, seeds: Iterable[int] | None = None) -> Iterator[tuple[int, Path]]:
+    """(seed, folder) of every finished run (baselines and rewound tickets) of the `seeds` (None: all) whose
+    test numbers are on the test domains of the run directory's config.toml (a run evaluated on others is
+    left out)."""
     wanted = _test_domains(run_dir)
-    for seed, sdir in seed_dirs(run_dir):
-        folders = [sdir / base for base in BASELINES]
-        if (sdir / "rewind").is_dir():
-            folders += sorted(c for c in (sdir / "rewind").iterdir() if c.is_dir())
-        for folder in folders:
+    layout = RunLayout(Path(run_dir))
+    for seed, _ in layout.seed_folders(seeds):
+        for folder in layout.run_folders(seed):
             if is_done(folder) and (folder / "metrics.json").is_file() and _on_domains(folder, wanted):
                 yield seed, folder
 
@@ -155,7 +127,7 @@ def _row(dataset: str, seed: int, folder: Path) -> dict[str, Any]:
     if not isinstance(m, dict) or not isinstance(m.get("run"), dict) or not isinstance(m.get("dev"), dict):
         raise DogeError(f"{path}: expected keys 'run' and 'dev'")
     run = m["run"]
-    method = str(run.get("method") or (folder.name if folder.name in BASELINES else ""))
+    method = str(run.get("method") or (folder.name if folder.name in BASELINE_FOLDERS else ""))
     if not method:
         raise DogeError(f"{path}: run.method is missing")
     row: dict[str, Any] = {
@@ -197,23 +169,22 @@ def _row(dataset: str, seed: int, folder: Path) -> dict[str, Any]:
     return row
 
 
-def _check_seeds(run_dir: Path, found: set[int]) -> None:
-    """Every seed `only_seeds` asks for (`doge report --seeds`) has finished runs in `run_dir`: else a
-    DogeError naming the missing seeds and the seeds the run has."""
-    wanted = _ONLY_SEEDS[0]
-    missing = sorted(wanted - found) if wanted is not None else []
+def _check_seeds(run_dir: Path, seeds: Iterable[int] | None, found: set[int]) -> None:
+    """Every seed asked for (`doge report --seeds`) has finished runs in `run_dir`: else a DogeError naming
+    the missing seeds and the seeds the run has."""
+    missing = sorted({int(s) for s in seeds} - found) if seeds is not None else []
     if not missing:
         return
-    with only_seeds(None):
-        have = sorted({seed for seed, _ in finished_run_dirs(run_dir)})
+    have = sorted({seed for seed, _ in finished_run_dirs(run_dir)})
     listed = ", ".join(map(str, missing))
     has = (f"its finished runs are of seed{'s' if len(have) > 1 else ''} {', '.join(map(str, have))}" if have
            else "it has no finished runs of any seed")
     raise DogeError(f"{run_dir}: no finished runs of seed{'s' if len(missing) > 1 else ''} {listed} (--seeds); {has}")
 
 
-def load_runs(run_dir: Path, dataset: str | None = None) -> pd.DataFrame:
-    """One row per finished run of `run_dir`; a DogeError when there is none.
+def load_runs(run_dir: Path, dataset: str | None = None, seeds: Iterable[int] | None = None) -> pd.DataFrame:
+    """One row per finished run of `run_dir` (of the `seeds`; None: all); a DogeError when there is none, or
+    when one of `seeds` has no finished run.
 
     Columns: dataset, seed, method, name, objective, target_sparsity, sparsity, lambda, allocation (tickets:
     global, proportional or balanced; "" for baselines), metric, dev_score,
@@ -223,8 +194,9 @@ def load_runs(run_dir: Path, dataset: str | None = None) -> pd.DataFrame:
     if not run_dir.is_dir():
         raise DogeError(f"{run_dir}: no such run directory")
     dataset = dataset or dataset_names([run_dir])[0]
-    rows = [_row(dataset, seed, folder) for seed, folder in finished_run_dirs(run_dir)]
-    _check_seeds(run_dir, {int(r["seed"]) for r in rows})
+    seeds = None if seeds is None else list(seeds)
+    rows = [_row(dataset, seed, folder) for seed, folder in finished_run_dirs(run_dir, seeds)]
+    _check_seeds(run_dir, seeds, {int(r["seed"]) for r in rows})
     if not rows:
         raise DogeError(f"{run_dir}: no finished runs (no seed*/erm, seed*/irm or seed*/rewind/* with DONE)")
     df = pd.DataFrame(rows)
@@ -238,12 +210,13 @@ def load_runs(run_dir: Path, dataset: str | None = None) -> pd.DataFrame:
     return df.drop(columns="_o").reset_index(drop=True)
 
 
-def load_all(run_dirs: list[Path]) -> pd.DataFrame:
-    """The runs of several run directories (each a dataset), stacked."""
+def load_all(run_dirs: list[Path], seeds: Iterable[int] | None = None) -> pd.DataFrame:
+    """The runs of several run directories (each a dataset; of the `seeds`, None: all), stacked."""
     if not run_dirs:
         raise DogeError("no run directory given")
     names = dataset_names(run_dirs)
-    frames = [load_runs(Path(d), n) for d, n in zip(run_dirs, names, strict=True)]
+    seeds = None if seeds is None else list(seeds)
+    frames = [load_runs(Path(d), n, seeds) for d, n in zip(run_dirs, names, strict=True)]
     return pd.concat(frames, ignore_index=True, sort=False)
 
 
@@ -267,10 +240,11 @@ def load_predictions(run_path: Path, split: str = "test") -> dict[str, dict[int,
     return out
 
 
-def load_scores(run_dir: Path) -> tuple[int, dict[str, Any]] | None:
-    """(seed, scores.json) of the first seed that has one, or None."""
-    for seed, sdir in seed_dirs(Path(run_dir)):
-        path = sdir / "scores" / "scores.json"
+def load_scores(run_dir: Path, seeds: Iterable[int] | None = None) -> tuple[int, dict[str, Any]] | None:
+    """(seed, scores.json) of the first seed (of `seeds`; None: all) that has one, or None."""
+    layout = RunLayout(Path(run_dir))
+    for seed, _ in layout.seed_folders(seeds):
+        path = layout.scores(seed)
         if path.is_file():
             try:
                 return seed, read_json(path)

@@ -1,4 +1,5 @@
-"""Diagnostics: do doge tickets prune other units than winning tickets, and why (or why not)?
+"""Diagnostics: do doge tickets prune other units than winning tickets, and why (or why not)? The
+computation: each function returns a DataFrame (or a list), draws nothing and writes nothing.
 
 Everything here reads finished run directories (``<run>/seed<k>/scores/scores.json``,
 ``<run>/seed<k>/tickets/*.json``, optionally ``<run>/preview.csv``) and never trains. Three questions:
@@ -26,30 +27,28 @@ Everything here reads finished run directories (``<run>/seed<k>/scores/scores.js
    variance over D domains, as ``dogetickets.scoring``), and ``noise_share``: the mean over units (with an
    observed variance > 0) of that expected noise divided by the observed variance.
 
-``plot_diagnostics`` draws the overlap vs target sparsity and the mean vs variance across domains of every
-unit; ``section`` adds all of it to the report (``write_report`` calls it).
+Every reader takes ``seeds``: the seeds to read (None: all; ``doge report --seeds``). The figure is
+``report.diagnostics_figure.plot_diagnostics`` (the overlap vs target sparsity and the mean vs variance across
+domains of every unit); ``report.diagnostics_section.section`` adds all of it to the report.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from dogetickets import methods
 from dogetickets.errors import DogeError
-from dogetickets.io import atomic_write_text, read_json
-from dogetickets.report.collect import seed_dirs
-from dogetickets.scoring import UnitScores
+from dogetickets.io import read_json
+from dogetickets.run.layout import RunLayout
+from dogetickets.scoring import UnitScores, between_domain_var
 from dogetickets.tickets import Ticket
-
-if TYPE_CHECKING:
-    from dogetickets.report import _Doc
 
 try:  # scipy is not a declared dependency: rank with pandas without it
     from scipy.stats import spearmanr as _spearmanr
@@ -60,14 +59,13 @@ __all__ = [
     "OVERLAP_COLUMNS",
     "PERCENTILE",
     "corrected_variance",
+    "curve_label",
     "domain_rank_correlation",
     "jaccard",
-    "overlap_summary",
-    "plot_diagnostics",
+    "lambda_choice",
     "preview_gap",
     "pruned_units",
     "run_lambdas",
-    "section",
     "spearman",
     "ticket_overlap",
     "unit_table",
@@ -86,7 +84,6 @@ VARIANCE_COLUMNS = ["seed", "lambda", "n_units", *_SCALE, *(f"nc_{c}" for c in _
 PREVIEW_COLUMNS = ["seed", "method", "lambda", "target_sparsity", "dev_score", "dev_winning", "dev_gap"]
 UNIT_COLUMNS = ["seed", "kind", "layer", "head", "mean", "var", "pooled", "sampling_var", "corrected_var",
                 "pruned", "ticket"]
-DPI = 150
 _KEY_DIGITS = 6  # target sparsities are matched after rounding to this many decimals
 
 
@@ -119,11 +116,9 @@ def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -
 
 def corrected_variance(values: np.ndarray, sampling_var: np.ndarray) -> np.ndarray:
     """Noise-corrected variance over domains (axis 0): the population variance of the domain means minus
-    (D - 1) / D times their mean sampling variance (its expected contribution), floored at 0."""
-    values = np.asarray(values, dtype=np.float64)
-    D = values.shape[0]
-    noise = (D - 1) / D * np.asarray(sampling_var, dtype=np.float64).mean(0)
-    return np.maximum(values.var(0) - noise, 0.0)
+    (D - 1) / D times their mean sampling variance (its expected contribution), floored at 0: the variance
+    doge-nc ranks by (scoring.between_domain_var)."""
+    return between_domain_var(values, sampling_var)
 
 
 def _method(name: str) -> methods.Method | None:
@@ -138,9 +133,9 @@ def _lam(x: Any) -> float:
     return math.nan if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
-def _load_tickets(folder: Path) -> list[Ticket]:
+def _load_tickets(layout: RunLayout, seed: int) -> list[Ticket]:
     out = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for path in layout.ticket_files(seed):
         try:
             out.append(Ticket.load(path))
         except DogeError as exc:
@@ -148,10 +143,10 @@ def _load_tickets(folder: Path) -> list[Ticket]:
     return out
 
 
-def _pairs(seed_dir: Path) -> list[tuple[Ticket, Ticket]]:
+def _pairs(layout: RunLayout, seed: int) -> list[tuple[Ticket, Ticket]]:
     """(ticket, winning ticket) for every ticket of a seed not ranked by the pooled score that has a winning
     ticket (ranking "pooled") of the same target sparsity and allocation field."""
-    tickets = [(t, _method(t.method)) for t in _load_tickets(seed_dir / "tickets")]
+    tickets = [(t, _method(t.method)) for t in _load_tickets(layout, seed)]
     tickets = [(t, m) for t, m in tickets if m is not None]
     winning: dict[tuple[float, str], Ticket] = {}
     for t, m in sorted(tickets, key=lambda tm: methods.order_key(tm[0].method)):
@@ -165,11 +160,12 @@ def _pairs(seed_dir: Path) -> list[tuple[Ticket, Ticket]]:
     return out
 
 
-def _load_scores(run_dir: Path) -> list[tuple[int, UnitScores, dict[str, Any]]]:
-    """(seed, scores, raw JSON) of every seed with a readable scores.json."""
+def _load_scores(run_dir: Path, seeds: Iterable[int] | None) -> list[tuple[int, UnitScores, dict[str, Any]]]:
+    """(seed, scores, raw JSON) of every seed (of `seeds`; None: all) with a readable scores.json."""
     out = []
-    for seed, sdir in seed_dirs(Path(run_dir)):
-        path = sdir / "scores" / "scores.json"
+    layout = RunLayout(Path(run_dir))
+    for seed, _ in layout.seed_folders(seeds):
+        path = layout.scores(seed)
         if not path.is_file():
             continue
         try:
@@ -207,14 +203,15 @@ def _order(df: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------- the diagnostics
 
 
-def ticket_overlap(run_dir: Path | str) -> pd.DataFrame:
+def ticket_overlap(run_dir: Path | str, seeds: Iterable[int] | None = None) -> pd.DataFrame:
     """Per seed, every ticket whose method does not rank by the pooled score (doge, doge-nc, doge-worst,
     random and their allocation variants) against the winning ticket of the same seed, target sparsity and
     allocation: Jaccard of the pruned units and the pruned head / FFN counts of both (OVERLAP_COLUMNS).
     Tickets without such a winning ticket, of unknown methods or unreadable are left out."""
     rows: list[dict[str, Any]] = []
-    for seed, sdir in seed_dirs(Path(run_dir)):
-        for t, w in _pairs(sdir):
+    layout = RunLayout(Path(run_dir))
+    for seed, _ in layout.seed_folders(seeds):
+        for t, w in _pairs(layout, seed):
             a, b = pruned_units(t), pruned_units(w)
             rows.append(
                 {
@@ -233,11 +230,11 @@ def ticket_overlap(run_dir: Path | str) -> pd.DataFrame:
     return _order(pd.DataFrame(rows, columns=OVERLAP_COLUMNS))
 
 
-def domain_rank_correlation(run_dir: Path | str) -> pd.DataFrame:
+def domain_rank_correlation(run_dir: Path | str, seeds: Iterable[int] | None = None) -> pd.DataFrame:
     """Per seed and pair of training domains: Spearman correlation over units of their per-domain expressive
     scores, all units (heads and FFN blocks), heads only and FFN blocks only (RANKCORR_COLUMNS)."""
     rows: list[dict[str, Any]] = []
-    for seed, scores, _ in _load_scores(Path(run_dir)):
+    for seed, scores, _ in _load_scores(Path(run_dir), seeds):
         values, _, n_heads = _flat(scores)
         doms = list(scores.domains)
         for i in range(len(doms)):
@@ -272,12 +269,12 @@ def _scale(mean: np.ndarray, var: np.ndarray, pooled: np.ndarray, lam: float) ->
     }
 
 
-def variance_scale(run_dir: Path | str, lambdas: Sequence[float]) -> pd.DataFrame:
+def variance_scale(run_dir: Path | str, lambdas: Sequence[float], seeds: Iterable[int] | None = None) -> pd.DataFrame:
     """Per seed and lambda: how large lambda * variance over domains is next to the spread of the mean
     score, and how much it reorders the units (VARIANCE_COLUMNS; see the module docstring). The ``nc_*``
     and ``noise_share*`` columns are NaN where scores.json has no sampling variances."""
     rows: list[dict[str, Any]] = []
-    for seed, scores, _ in _load_scores(Path(run_dir)):
+    for seed, scores, _ in _load_scores(Path(run_dir), seeds):
         values, sv, _ = _flat(scores)
         pooled = np.concatenate([np.ravel(scores.pooled_heads), np.ravel(scores.pooled_ffn)]).astype(np.float64)
         mean, var = values.mean(0), values.var(0)
@@ -301,15 +298,17 @@ def variance_scale(run_dir: Path | str, lambdas: Sequence[float]) -> pd.DataFram
     return pd.DataFrame(rows, columns=VARIANCE_COLUMNS).astype({c: float for c in VARIANCE_COLUMNS[3:]})
 
 
-def run_lambdas(run_dir: Path | str) -> list[float]:
+def run_lambdas(run_dir: Path | str, seeds: Iterable[int] | None = None) -> list[float]:
     """The lambdas of a run: those of scores.json's combined doge scores and of its tickets, sorted."""
     found: set[float] = set()
-    for _, _, raw in _load_scores(Path(run_dir)):
+    seeds = None if seeds is None else list(seeds)
+    for _, _, raw in _load_scores(Path(run_dir), seeds):
         for entry in raw.get("combined", {}).values():
             if isinstance(entry, dict) and entry.get("lambda") is not None:
                 found.add(float(entry["lambda"]))
-    for _, sdir in seed_dirs(Path(run_dir)):
-        found.update(float(t.lam) for t in _load_tickets(sdir / "tickets") if t.lam is not None)
+    layout = RunLayout(Path(run_dir))
+    for seed, _ in layout.seed_folders(seeds):
+        found.update(float(t.lam) for t in _load_tickets(layout, seed) if t.lam is not None)
     return sorted(found)
 
 
@@ -317,7 +316,7 @@ def preview_gap(run_dir: Path | str) -> pd.DataFrame:
     """From ``<run>/preview.csv`` (``doge preview``, no retraining): per seed, method (not ranked by the
     pooled score), lambda and target sparsity, the in-domain dev score and the winning ticket's (the
     winning method with the same allocation suffix) at the same seed and target sparsity, and the gap
-    (PREVIEW_COLUMNS). Empty without preview.csv."""
+    (PREVIEW_COLUMNS). Empty without preview.csv. All its seeds: preview.csv is not read by seed folder."""
     path = Path(run_dir) / "preview.csv"
     if not path.is_file():
         return pd.DataFrame(columns=PREVIEW_COLUMNS)
@@ -342,8 +341,7 @@ def preview_gap(run_dir: Path | str) -> pd.DataFrame:
         m = _method(str(r["method"]))
         if m is None or m.ranking == "pooled":
             continue
-        winning = "winning" + (f"-{m.allocation}" if m.allocation else "")
-        w = win.get((int(r["seed"]), winning, round(float(r["target_sparsity"]), _KEY_DIGITS)))
+        w = win.get((int(r["seed"]), methods.winning_for(m.name), round(float(r["target_sparsity"]), _KEY_DIGITS)))
         if w is None:
             continue
         rows.append(
@@ -360,13 +358,14 @@ def preview_gap(run_dir: Path | str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PREVIEW_COLUMNS)
 
 
-def lambda_choice(run_dir: Path | str) -> pd.DataFrame:
+def lambda_choice(run_dir: Path | str, seeds: Iterable[int] | None = None) -> pd.DataFrame:
     """The dev scores behind every lambda chosen on dev (tickets.lambda_choice = "preview"): per seed, method
     and target sparsity, the in-domain dev score of the fine-tuned model with each candidate lambda's
     ticket removed (no retraining), and the lambda chosen. Empty when no ticket chose its lambda on dev."""
     rows: list[dict[str, Any]] = []
-    for seed, seed_dir in seed_dirs(Path(run_dir)):
-        for t in _load_tickets(seed_dir / "tickets"):
+    layout = RunLayout(Path(run_dir))
+    for seed, _ in layout.seed_folders(seeds):
+        for t in _load_tickets(layout, seed):
             choice = t.extra.get("lambda_choice") if isinstance(t.extra, dict) else None
             if not isinstance(choice, dict) or not isinstance(choice.get("dev_score"), dict):
                 continue
@@ -381,7 +380,7 @@ def lambda_choice(run_dir: Path | str) -> pd.DataFrame:
     return df.drop(columns="_k").reset_index(drop=True)
 
 
-# ----------------------------------------------------------------------------------------- the figure
+# ------------------------------------------------------------------------------- what the figure draws
 
 
 def _highlight(pairs: list[tuple[Ticket, Ticket]]) -> tuple[Ticket, Ticket] | None:
@@ -400,19 +399,19 @@ def _highlight(pairs: list[tuple[Ticket, Ticket]]) -> tuple[Ticket, Ticket] | No
     return None
 
 
-def unit_table(run_dir: Path | str) -> pd.DataFrame:
+def unit_table(run_dir: Path | str, seeds: Iterable[int] | None = None) -> pd.DataFrame:
     """One row per seed and unit (UNIT_COLUMNS): kind ("head" | "ffn"), layer, head (NA for FFN blocks),
     the mean and population variance over training domains of its normalized score, its pooled score, its
     mean sampling variance and noise-corrected variance (NaN without sampling variances) and, for the
     seed's highlighted ticket pair (see ``_highlight``; named in ``ticket``), who prunes it: "both",
     "winning only", "<method> only" or "neither" (empty without a pair)."""
     frames = []
-    sdirs = dict(seed_dirs(Path(run_dir)))
-    for seed, scores, _ in _load_scores(Path(run_dir)):
+    layout = RunLayout(Path(run_dir))
+    for seed, scores, _ in _load_scores(Path(run_dir), seeds):
         values, sv, n_heads = _flat(scores)
         L, H = scores.per_domain_heads.shape[1:]
         pooled = np.concatenate([np.ravel(scores.pooled_heads), np.ravel(scores.pooled_ffn)])
-        pair = _highlight(_pairs(sdirs[seed])) if seed in sdirs else None
+        pair = _highlight(_pairs(layout, seed))
         pruned = ticket = [""] * values.shape[1]
         if pair is not None:
             a, b = pruned_units(pair[0]), pruned_units(pair[1])
@@ -442,305 +441,12 @@ def unit_table(run_dir: Path | str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=UNIT_COLUMNS)
 
 
-def _curve_label(method: str, lam: float, alloc: str, show_alloc: bool) -> str:
+def curve_label(method: str, lam: float, alloc: str, show_alloc: bool) -> str:
+    """A method's label in the diagnostics' tables and legend: with its lambda (not NaN) and, when the
+    allocations differ (`show_alloc`), the allocation of a method without an allocation suffix."""
     text = methods.label(method)
     if not math.isnan(lam):
         text += f" λ={lam:g}"
     if show_alloc and methods.is_known(method) and methods.get(method).allocation is None:
         text += f" [{alloc}]"
     return text
-
-
-def plot_diagnostics(run_dir: Path | str, out_png: Path | str) -> Path | None:
-    """Draw `out_png`: Jaccard with the winning ticket vs target sparsity per method (mean over seeds, bars
-    from the lowest to the highest seed), and the mean vs variance across training domains of every unit of
-    the first scored seed (heads o, FFN blocks ^), coloured by which of the highlighted pair prunes it.
-    Writes ``<stem>-overlap.csv`` and ``<stem>-units.csv`` next to it. None (nothing written) when the run
-    has neither ticket pairs nor scores."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    overlap, units = ticket_overlap(run_dir), unit_table(run_dir)
-    if overlap.empty and units.empty:
-        return None
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_png.with_name(f"{out_png.stem}-overlap.csv"), overlap.to_csv(index=False))
-    atomic_write_text(out_png.with_name(f"{out_png.stem}-units.csv"), units.to_csv(index=False))
-    panels = int(not overlap.empty) + int(not units.empty)
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
-    axes = list(axes[0])
-    extra = []
-    if not overlap.empty:
-        ax = axes.pop(0)
-        show_alloc = overlap["allocation"].nunique() > 1
-        groups = overlap.assign(_l=overlap["lambda"].fillna(-math.inf)).groupby(
-            ["method", "_l", "allocation"], sort=False)
-        markers = "osD^vP*X"
-        seen: dict[str, int] = {}
-        for (method, _, alloc), g in sorted(groups, key=lambda kv: (methods.order_key(kv[0][0]), kv[0][1], kv[0][2])):
-            lam = float(g["lambda"].iloc[0])
-            i = seen.setdefault(method, 0)
-            seen[method] += 1
-            agg = g.groupby("target_sparsity")["jaccard"].agg(["mean", "min", "max"]).sort_index()
-            x = 100 * agg.index.to_numpy(float)
-            y = agg["mean"].to_numpy()
-            err = np.vstack([y - agg["min"].to_numpy(), agg["max"].to_numpy() - y])
-            ax.errorbar(x, y, yerr=err, marker=markers[i % len(markers)], capsize=3, color=methods.color(method),
-                        linestyle=methods.linestyle(method) if methods.get(method).ranking != "random" else ":",
-                        label=_curve_label(method, lam, alloc, show_alloc))
-        ax.set_xlabel("target sparsity (%)")
-        ax.set_ylabel("Jaccard with the winning ticket (pruned units)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title("Overlap with winning tickets (mean, min-max over seeds)")
-        ax.grid(alpha=0.3)
-        below = ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-        below.set_in_layout(False)  # under the panel, off the curves; the saved canvas grows to hold it
-        extra.append(below)
-    if not units.empty:
-        ax = axes.pop(0)
-        first = units[units["seed"] == units["seed"].min()]
-        cats = list(dict.fromkeys(first["pruned"]))
-        method_only = next((c for c in cats if c.endswith(" only") and c != "winning only"), "")
-        colours = {"both": "black", "winning only": methods.color("winning"), "neither": "lightgray"}
-        if method_only:
-            colours[method_only] = methods.color(method_only[: -len(" only")])
-        for kind, marker, fallback in (("head", "o", "tab:blue"), ("ffn", "^", "tab:orange")):
-            sub = first[first["kind"] == kind]
-            for cat in cats:
-                part = sub[sub["pruned"] == cat]
-                if part.empty:
-                    continue
-                what = "heads" if kind == "head" else "FFN blocks"
-                ax.scatter(part["mean"], part["var"], marker=marker, s=22 if kind == "head" else 60,
-                           color=colours.get(cat, fallback), edgecolors="none" if kind == "head" else "black",
-                           alpha=0.8, label=f"{what}: pruned by {cat}" if cat else what)
-        ticket = str(first["ticket"].iloc[0])
-        ax.set_xlabel("mean over training domains (normalized expressive score)")
-        ax.set_ylabel("variance over training domains")
-        ax.set_title(f"Units, seed {int(first['seed'].iloc[0])}" + (f"\n{ticket} vs winning" if ticket else ""),
-                     fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight", bbox_extra_artists=extra)
-    plt.close(fig)
-    tmp.replace(out_png)
-    return out_png
-
-
-# ---------------------------------------------------------------------------------------- the section
-
-
-def _f(x: Any, digits: int = 2) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _g(x: Any) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
-
-
-def overlap_summary(overlap: pd.DataFrame) -> pd.DataFrame:
-    """The report's compact overlap table: one row per method (x lambda x allocation), one column per target
-    sparsity (%), cells = mean Jaccard over seeds with the winning ticket (two decimals)."""
-    if overlap.empty:
-        return pd.DataFrame()
-    df = overlap.assign(_l=overlap["lambda"].fillna(-math.inf))
-    sparsities = sorted(df["target_sparsity"].unique())
-    show_alloc = df["allocation"].nunique() > 1
-    rows = []
-    for (method, _, alloc), g in sorted(df.groupby(["method", "_l", "allocation"], sort=False),
-                                        key=lambda kv: (methods.order_key(kv[0][0]), kv[0][1], kv[0][2])):
-        label = _curve_label(method, float(g["lambda"].iloc[0]), alloc, show_alloc)
-        row = {"method": label, "seeds": g["seed"].nunique()}
-        means = g.groupby("target_sparsity")["jaccard"].mean()
-        for ts in sparsities:
-            row[f"{100 * ts:g}%"] = _f(means.get(ts, math.nan))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _variance_display(vs: pd.DataFrame) -> pd.DataFrame:
-    g = vs.groupby("lambda", sort=True)
-    mean = g.mean(numeric_only=True)
-    out = pd.DataFrame({"λ": [f"{x:g}" for x in mean.index], "seeds": g["seed"].nunique().to_numpy()})
-    p = f"p{PERCENTILE}"
-    cols = {
-        "mean_std": "spread of mean",
-        "pen_median": "penalty median",
-        "pen_p90": f"penalty {p}",
-        "median_ratio": "median / spread",
-        "p90_ratio": f"{p} / spread",
-        "spearman_mean": "ρ(mean, doge)",
-        "spearman_winning": "ρ(winning, doge)",
-    }
-    if vs["nc_pen_median"].notna().any():
-        cols.update({
-            "nc_pen_median": "nc penalty median",
-            "nc_p90_ratio": f"nc {p} / spread",
-            "nc_spearman_mean": "nc ρ(mean, doge-nc)",
-            "nc_spearman_winning": "nc ρ(winning, doge-nc)",
-            "noise_share": "noise share",
-        })
-    for col, name in cols.items():
-        out[name] = [_g(x) for x in mean[col].to_numpy()]
-    return out
-
-
-def _preview_display(gap: pd.DataFrame) -> pd.DataFrame:
-    df = gap.assign(_l=gap["lambda"].fillna(-math.inf))
-    sparsities = sorted(df["target_sparsity"].unique())
-    rows = []
-    for (method, _), g in sorted(df.groupby(["method", "_l"], sort=False),
-                                 key=lambda kv: (methods.order_key(kv[0][0]), kv[0][1])):
-        row = {"method": _curve_label(method, float(g["lambda"].iloc[0]), "", False), "seeds": g["seed"].nunique()}
-        means = g.groupby("target_sparsity")["dev_gap"].mean()
-        for ts in sparsities:
-            v = means.get(ts, math.nan)
-            row[f"{100 * ts:g}%"] = "" if math.isnan(v) else f"{100 * v:+.1f}"
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _write_csv(path: Path, df: pd.DataFrame) -> None:
-    atomic_write_text(path, df.to_csv(index=False))
-
-
-def _dataset(doc: _Doc, name: str, run_dir: Path, out: Path) -> None:
-    stem = f"diagnostics-{name.replace('/', '_')}"
-    doc.h(3, f"Diagnostics: {name}")
-    overlap = ticket_overlap(run_dir)
-    rankcorr = domain_rank_correlation(run_dir)
-    lambdas = run_lambdas(run_dir)
-    variance = variance_scale(run_dir, lambdas)
-    gap = preview_gap(run_dir)
-    if overlap.empty and rankcorr.empty and gap.empty:
-        doc.p(f"No tickets, scores or preview to diagnose in {run_dir}.")
-        return
-
-    doc.h(4, "Overlap with winning tickets")
-    if overlap.empty:
-        doc.p("No ticket has a winning ticket of the same seed, target sparsity and allocation to compare with.")
-    else:
-        _write_csv(out / f"{stem}-overlap.csv", overlap)
-        doc.p(
-            "Jaccard index of the pruned units (heads and FFN blocks) of each ticket with the winning ticket of "
-            "the same seed, target sparsity and allocation, mean over seeds: identical tickets score highest, "
-            "disjoint ones lowest, random tickets give the chance level. Pruned head and FFN counts per ticket "
-            f"are in {stem}-overlap.csv."
-        )
-        doc.table(overlap_summary(overlap))
-        lines = []
-        show_alloc = overlap["allocation"].nunique() > 1
-        for (method, _, alloc), g in overlap.assign(_l=overlap["lambda"].fillna(-math.inf)).groupby(
-                ["method", "_l", "allocation"], sort=False):
-            label = _curve_label(method, float(g["lambda"].iloc[0]), alloc, show_alloc)
-            lines.append(f"{label}: mean Jaccard {_f(g['jaccard'].mean())}, range {_f(g['jaccard'].min())} to "
-                         f"{_f(g['jaccard'].max())} over {len(g)} tickets")
-        doc.items(lines)
-    if not gap.empty:
-        _write_csv(out / f"{stem}-preview_gap.csv", gap)
-        doc.p(
-            "From doge preview (fine-tuned model with the units masked, no retraining): in-domain dev score "
-            "minus the winning ticket's at the same seed and target sparsity, mean over seeds, in points. "
-            "Dev only; the test numbers are left out here."
-        )
-        doc.table(_preview_display(gap))
-
-    doc.h(4, "Do the training domains agree?")
-    if rankcorr.empty:
-        doc.p("No seed has a readable scores.json, so the domains' scores cannot be compared.")
-    else:
-        _write_csv(out / f"{stem}-rankcorr.csv", rankcorr)
-        doc.p(
-            "Spearman rank correlation over units between the expressive scores of two training domains, over "
-            f"every pair of domains and every seed ({stem}-rankcorr.csv). High values: the domains rank units "
-            "alike, so the variance across domains is small and the doge score mostly follows the mean."
-        )
-        lines = []
-        for col, what in (("spearman_all", "heads and FFN blocks"), ("spearman_heads", "heads only"),
-                          ("spearman_ffn", "FFN blocks only")):
-            v = rankcorr[col].dropna()
-            if v.empty:
-                lines.append(f"{what}: undefined (constant scores or too few units)")
-                continue
-            worst = rankcorr.loc[v.idxmin()]
-            lines.append(f"{what}: mean {_f(v.mean())}, min {_f(v.min())} ({worst['domain_a']} vs "
-                         f"{worst['domain_b']}, seed {int(worst['seed'])}) over {len(v)} pairs")
-        doc.items(lines)
-
-    doc.h(4, "Size of the variance penalty")
-    if rankcorr.empty:
-        doc.p("No scores: the variance penalty cannot be sized.")
-    elif variance.empty:
-        doc.p("No lambda in the scores or tickets: the variance penalty cannot be sized.")
-    else:
-        _write_csv(out / f"{stem}-variance.csv", variance)
-        doc.p(
-            "Per lambda, mean over seeds: the spread (std over units) of the mean score over training domains "
-            f"against the penalty lambda × variance over domains (its median and {PERCENTILE}th percentile over "
-            "units, and each divided by the spread). A penalty small next to the spread hardly reorders the "
-            "units: ρ(mean, doge), the Spearman correlation over units of the mean with the doge score, then "
-            "stays near its maximum, and ρ(winning, doge) compares the doge ranking with the winning tickets' "
-            f"pooled score ({stem}-variance.csv)."
-        )
-        if variance["nc_pen_median"].notna().any():
-            doc.p(
-                "nc columns: the same with the noise-corrected variance of doge-nc (observed variance minus "
-                "the expected sampling noise of the domain means, never negative); noise share: the mean over "
-                "units of that expected noise divided by the observed variance."
-            )
-        doc.table(_variance_display(variance))
-
-    choice = lambda_choice(run_dir)
-    if not choice.empty:
-        _write_csv(out / f"{stem}-lambda_choice.csv", choice)
-        doc.h(4, "Lambda chosen on dev (the preview values)")
-        doc.p(
-            "For each ticket whose lambda was chosen on in-domain dev: the dev score of the fine-tuned model "
-            "with each candidate lambda's ticket removed, no retraining (%), mean over seeds, and the lambdas "
-            f"chosen ({stem}-lambda_choice.csv)."
-        )
-        dev_cols = [c for c in choice.columns if str(c).startswith("dev λ=")]
-        shown = choice.groupby(["method", "target_sparsity"], sort=False).agg(
-            {**{c: "mean" for c in dev_cols}, "chosen": lambda x: " ".join(f"{v:g}" for v in x)}).reset_index()
-        shown["target_sparsity"] = shown["target_sparsity"].map(lambda x: f"{100 * x:g}%")
-        for c in dev_cols:
-            shown[c] = shown[c].map(lambda x: _f(100 * x, 1))
-        doc.table(shown.rename(columns={"chosen": "chosen (per seed)"}))
-
-    png = plot_diagnostics(run_dir, out / f"{stem}.png")
-    if png is not None:
-        doc.p(
-            f"Left: Jaccard with the winning ticket vs target sparsity ({stem}-overlap.csv). Right: every unit's "
-            "mean vs variance across training domains for the first scored seed, heads as dots and FFN blocks "
-            "as triangles, coloured by which of the highlighted ticket and its winning ticket prune it "
-            f"({stem}-units.csv)."
-        )
-        doc.image(png, f"diagnostics {name}")
-
-
-def section(doc: _Doc, names: Sequence[str], run_dirs: Sequence[Path | str], out: Path | str) -> None:
-    """Add the "Diagnostics" section to the report `doc`: per dataset (names[i] for run_dirs[i]) the overlap
-    table, the domains' rank correlation, the variance-scale table and the figure; CSVs and the figure are
-    written into `out` as diagnostics-<dataset>-*.csv / diagnostics-<dataset>.png ("/" in names as "_").
-    Missing inputs are said in one sentence, never an error."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    doc.h(2, "Diagnostics")
-    doc.p(
-        "Do doge tickets prune other units than winning tickets, and why? Read from the tickets and "
-        "scores.json of every seed, no retraining: the overlap of the pruned units, the agreement of the "
-        "training domains on which units matter, and the size of the variance penalty next to the spread "
-        "of the mean score."
-    )
-    if len(names) != len(run_dirs):
-        raise ValueError(f"section: {len(names)} names for {len(run_dirs)} run directories")
-    if not run_dirs:
-        doc.p("No run directory given: nothing to diagnose.")
-        return
-    for name, run_dir in zip(names, run_dirs, strict=True):
-        _dataset(doc, str(name), Path(run_dir), out)

@@ -327,9 +327,9 @@ def plot_preview(rows: pd.DataFrame, png: Path, metric: str = "accuracy") -> Pat
     """preview.png (+ preview.csv, the rows: one per seed x method (x lambda) x target sparsity).
 
     Left, what to read: in-domain dev score vs target sparsity; right, apart: the OOD test mean."""
-    from dogetickets.preview import method_label
 
-    rows = rows.assign(label=[method_label(m, lam) for m, lam in zip(rows["method"], rows["lambda"], strict=True)])
+    rows = rows.assign(label=[registry.with_lambda(m, lam)
+                              for m, lam in zip(rows["method"], rows["lambda"], strict=True)])
     unit = "F1" if metric == "entity_f1" else "accuracy"
     n_seeds = int(rows["seed"].nunique())
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)

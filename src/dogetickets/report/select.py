@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from dogetickets import methods as registry
 from dogetickets.report.collect import is_test_column
 
 SELECTION_RULE = (
@@ -48,6 +49,14 @@ def select_dev(runs: pd.DataFrame, keys: tuple[str, ...] = DEFAULT_KEYS) -> pd.D
     """One row per `keys` group: the run with the best dev score. The result has no test columns."""
     view = dev_view(runs)
     return _pick(view, "dev_score", keys)
+
+
+def select_dev_in_order(runs: pd.DataFrame) -> pd.DataFrame:
+    """:func:`select_dev`, its rows by dataset, then method in registry order, then seed (the report's order)."""
+    sel = select_dev(runs)
+    order = {m: i for i, m in enumerate(registry.ordered(sel["method"]))}
+    sel = sel.assign(_o=sel["method"].map(order))
+    return sel.sort_values(["dataset", "_o", "seed"], kind="mergesort").drop(columns="_o")
 
 
 def select_oracle(runs: pd.DataFrame, keys: tuple[str, ...] = DEFAULT_KEYS) -> pd.DataFrame:

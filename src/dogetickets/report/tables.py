@@ -45,6 +45,18 @@ def points(x: float | None, digits: int = 1, signed: bool = True) -> str:
     return f"{v:+.{d}f}" if signed else f"{v:.{d}f}"
 
 
+def percent(x: float | None, signed: bool = False) -> str:
+    """A fraction in %, one decimal, as the report's tables and sentences show it ("0.0", never "-0.0"; "" for
+    None or NaN); `signed` (differences, bounds): :func:`points`, which keeps the side of zero of a value that
+    would round to 0.0 (-0.0002 -> "-0.02")."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    if signed:
+        return points(x)
+    text = f"{100 * x:.1f}"
+    return "0.0" if text.lstrip("+-") == "0.0" else text
+
+
 def p_value(p: float | None) -> str:
     """A p-value: three decimals, "< 0.001" below."""
     if p is None or (isinstance(p, float) and math.isnan(p)):

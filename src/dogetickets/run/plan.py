@@ -1,6 +1,6 @@
 """The sweep as declarations: every stage instance (a `Job`) with where it writes and what it reads.
 
-One seed's stages, in dependency order (the run directory's layout is `dogetickets.rundir.RunLayout`):
+One seed's stages, in dependency order (the run directory's layout is `dogetickets.run.layout.RunLayout`):
 
     seed<k>/init                  the rewind point                       needs nothing
     seed<k>/erm, seed<k>/irm      baselines (each a "run")               need the rewind point
@@ -9,26 +9,28 @@ One seed's stages, in dependency order (the run directory's layout is `dogeticke
     seed<k>/rewind/<name>         the ticket rewound and trained (a run) needs its ticket and the init
 
 A job's name is its path inside the run directory. `plan` lists the jobs a config declares; the
-sequential `Pipeline.run` executes them in this order, the Ray sweep (`dogetickets.distributed`) turns the
-very same list into a job graph, and `doge jobs` prints the pending ones as `doge run --only` commands.
-What a stage computes, which settings key it and when it counts as finished is the Pipeline's
-(`Pipeline.execute`, `Pipeline.finished`): this module only declares.
+sequential sweep (`dogetickets.run.sweep`) executes them in this order, the Ray sweep
+(`dogetickets.distributed`) turns the very same list into a job graph, and `doge jobs` prints the pending
+ones as `doge run --only` commands. What a stage computes, which settings key it and when it counts as
+finished is its stage class's (`dogetickets.run.stages`): this module only declares.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dogetickets import methods as registry
-from dogetickets.tickets import ticket_name
+from dogetickets.run.layout import RunLayout
+from dogetickets.tickets import TicketSpec
 
 if TYPE_CHECKING:
     from dogetickets.config import Config
 
 STAGES = ("init", "baseline", "scores", "ticket", "rewind")
 RUN_STAGES = ("baseline", "rewind")  # the stages that train and evaluate a model: the table's rows
-TicketSpec = tuple[str, float, float | None]  # method, target sparsity, lambda (None: chosen on dev or none)
+_PATHS = RunLayout(Path())  # the layout's paths relative to the run directory: the jobs' names
 
 
 @dataclass(frozen=True)
@@ -42,16 +44,25 @@ class Job:
 
     @property
     def name(self) -> str:
-        """Its path inside the run directory: seed0/init, seed0/erm, seed0/scores, seed0/tickets/doge-s10, ..."""
-        base = f"seed{self.seed}"
+        """Its path inside the run directory (a ticket's without .json): seed0/init, seed0/erm, seed0/scores,
+        seed0/tickets/doge-s10, seed0/rewind/doge-s10, ..."""
+        s = self.seed
         if self.stage == "init":
-            return f"{base}/init"
-        if self.stage == "baseline":
-            return f"{base}/{self.arg}"
-        if self.stage == "scores":
-            return f"{base}/scores"
-        folder = "tickets" if self.stage == "ticket" else "rewind"
-        return f"{base}/{folder}/{ticket_name(*self.arg)}"
+            path = _PATHS.init(s)
+        elif self.stage == "baseline":
+            path = _PATHS.baseline(s, self.arg)
+        elif self.stage == "scores":
+            path = _PATHS.scores_dir(s)
+        elif self.stage == "ticket":
+            path = _PATHS.ticket(s, self.spec.name).with_suffix("")
+        else:
+            path = _PATHS.rewind(s, self.spec.name)
+        return path.as_posix()
+
+    @property
+    def spec(self) -> TicketSpec:
+        """The ticket of a ticket or rewind job."""
+        return TicketSpec(*self.arg)
 
     @property
     def is_run(self) -> bool:
@@ -61,7 +72,7 @@ class Job:
     def run_name(self) -> str:
         """How the results and failures name a run: seed0/erm, seed0/doge-s10."""
         if self.stage in ("ticket", "rewind"):
-            return f"seed{self.seed}/{ticket_name(*self.arg)}"
+            return f"seed{self.seed}/{self.spec.name}"
         return self.name
 
 
@@ -73,9 +84,9 @@ def ticket_specs(cfg: Config) -> list[TicketSpec]:
     for s in t.sparsities:
         for m in t.methods:
             if registry.get(m).uses_lambda and t.lambda_choice == "rewind":
-                specs += [(m, s, lam) for lam in t.lambdas]
+                specs += [TicketSpec(m, s, lam) for lam in t.lambdas]
             else:
-                specs.append((m, s, None))
+                specs.append(TicketSpec(m, s, None))
     return specs
 
 

@@ -20,12 +20,18 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dogetickets import methods as registry
 from dogetickets.errors import DogeError
-from dogetickets.io import DONE
+from dogetickets.io import DONE, read_json_or_none
+
+BASELINE_FOLDERS = tuple(registry.baselines())  # each baseline trains in seed<k>/<its name>
+_SEED_RE = re.compile(r"^seed(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -72,8 +78,35 @@ class RunLayout:
     def ticket(self, seed: int, name: str) -> Path:
         return self.seed(seed) / "tickets" / f"{name}.json"
 
+    def tickets_dir(self, seed: int) -> Path:
+        return self.seed(seed) / "tickets"
+
+    def rewinds_dir(self, seed: int) -> Path:
+        return self.seed(seed) / "rewind"
+
     def rewind(self, seed: int, name: str) -> Path:
-        return self.seed(seed) / "rewind" / name
+        return self.rewinds_dir(seed) / name
+
+    def seed_folders(self, seeds: Iterable[int] | None = None) -> list[tuple[int, Path]]:
+        """(seed, folder) of the ``seed<k>`` folders present, by seed; only those of `seeds` unless None."""
+        wanted = None if seeds is None else {int(s) for s in seeds}
+        found = []
+        for child in self.root.iterdir() if self.root.is_dir() else []:
+            m = _SEED_RE.match(child.name)
+            if m and child.is_dir() and (wanted is None or int(m.group(1)) in wanted):
+                found.append((int(m.group(1)), child))
+        return sorted(found)
+
+    def run_folders(self, seed: int) -> list[Path]:
+        """Every training folder of a seed present on disk: the baselines, then the rewound tickets by name."""
+        folders = [self.baseline(seed, b) for b in BASELINE_FOLDERS if self.baseline(seed, b).is_dir()]
+        rewinds = self.rewinds_dir(seed)
+        return folders + (sorted(c for c in rewinds.iterdir() if c.is_dir()) if rewinds.is_dir() else [])
+
+    def ticket_files(self, seed: int) -> list[Path]:
+        """The ticket files of a seed present on disk, by name."""
+        folder = self.tickets_dir(seed)
+        return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
 
 def recorded(folder: Path) -> dict[str, Any] | None:
@@ -89,6 +122,37 @@ def recorded(folder: Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+NOT_STARTED = "not started"  # what `unfinished` says of a stage with no DONE marker: nothing to redo
+
+
+def unfinished(folder: Path, settings: dict[str, Any], files: tuple[str, ...] = ()) -> str | None:
+    """Why the stage in `folder` is not finished under exactly `settings` with its `files` intact: NOT_STARTED
+    without a DONE marker, else what makes its DONE stale; None when it is finished. Warns nobody, changes
+    nothing: the caller decides what to say and to redo."""
+    rec = recorded(folder)
+    if rec is None:
+        return NOT_STARTED
+    if not rec:
+        return "its DONE marker records no settings"
+    if (change := changed_setting(rec, settings)) is not None:
+        return f"a setting changed: {change}"
+    if bad := [f for f in files if not intact(folder / f)]:
+        return f"{folder / bad[0]} is missing or damaged"
+    return None
+
+
+def canonical(value: Any) -> str:
+    """A settings record (or any JSON value) as one comparable string."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def intact(path: Path) -> bool:
+    """The file exists, is not empty and, if JSON, parses."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    return path.suffix != ".json" or read_json_or_none(path) is not None
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -1,0 +1,137 @@
+"""A run (a row of the table): a model trained, then evaluated on dev and test, its files written.
+
+    model/              the trained model (save_pretrained, safetensors), when the run keeps it
+    log.jsonl           the training log
+    timing.json         its seconds and examples/s (kept out of metrics.json, which is deterministic)
+    metrics.json        dev and test metrics, what was run (`info`) and on which test data (`eval`)
+    predictions.jsonl   one row per dev and test example
+
+The DONE marker is the caller's: a stage writes it last, with its settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dogetickets.errors import DogeError
+from dogetickets.evaluate import metrics, predict, prediction_rows
+from dogetickets.io import atomic_write_text, clear_done, is_writer, read_json, read_json_or_none, write_json
+from dogetickets.models.export import export_pruned, is_pruned
+from dogetickets.models.units import Units
+from dogetickets.run import settings
+from dogetickets.run.context import RunContext
+from dogetickets.tickets import Ticket
+from dogetickets.training.loop import train
+from dogetickets.training.objectives import make_objective
+
+RUN_FILES = ("model/model.safetensors", "metrics.json", "predictions.jsonl")  # a finished training's files
+TIMING_KEYS = ("seconds", "train_examples_per_s")  # kept out of metrics.json, which is deterministic
+Masks = tuple[torch.Tensor, torch.Tensor]
+
+
+def run_files(keep_model: bool) -> tuple[str, ...]:
+    """The files a finished run has (its model only when it keeps it)."""
+    return RUN_FILES if keep_model else RUN_FILES[1:]
+
+
+def evaluated_on(folder: Path) -> Any:
+    """The test data a run's metrics.json was computed on (`settings.evaluation`), None if unreadable."""
+    return (read_json_or_none(folder / "metrics.json") or {}).get("eval")
+
+
+def train_and_evaluate(ctx: RunContext, model: torch.nn.Module, folder: Path, info: dict[str, Any], seed: int,
+                       objective: str, masks: Masks | None, keep_model: bool) -> None:
+    """Train `model` (gated by `masks`, if any) with `objective`, save it if `keep_model`, evaluate it."""
+    clear_done(folder)
+    if is_writer():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "log.jsonl").unlink(missing_ok=True)
+    d = ctx.data
+    ctx.say(f"[bold]seed {seed}: {info['name']}[/bold] ({objective}, sparsity {info['sparsity']:.1%})")
+    result = train(
+        model, d.task, d.train, d.dev, ctx.cfg.train, make_objective(objective, ctx.cfg.irm), seed,
+        d.pad_id, ticket_masks=masks, log_path=folder / "log.jsonl" if is_writer() else None,
+        show_progress=ctx.show_progress, description=f"seed{seed}/{info['name']}",
+    )
+    if keep_model:
+        ctx.save_model(model, folder / "model")
+    train_info = result.to_dict()
+    write_json(folder / "timing.json", {k: train_info.pop(k) for k in TIMING_KEYS})
+    evaluate(ctx, model, folder, info, masks, train_info, dev_predictions=result.best_dev_predictions)
+
+
+def evaluate(ctx: RunContext, model: torch.nn.Module, folder: Path, info: dict[str, Any], masks: Masks | None,
+             train_info: dict[str, Any], dev_predictions: list | None = None) -> dict[str, Any]:
+    """Dev and test predictions and metrics of a trained model -> predictions.jsonl, metrics.json."""
+    d = ctx.data
+    model.to(ctx.device)
+    out: dict[str, Any] = {"run": info, "metric": d.task.metric, "eval": settings.evaluation(ctx.cfg)}
+    rows: list[dict[str, Any]] = []
+    gates = (Units(model).gated(*(m.to(ctx.device) for m in masks)) if masks is not None
+             else contextlib.nullcontext())
+    with gates:
+        for split, data in (("dev", d.dev), ("test", d.test)):
+            if split == "dev" and dev_predictions is not None:
+                preds = dev_predictions  # the kept checkpoint was chosen on exactly these
+            else:
+                preds = predict(model, d.task, data, ctx.cfg.train.eval_batch_size, d.pad_id,
+                                ctx.device, ctx.show_progress, f"evaluate {split}", autocast=ctx.autocast())
+            m = metrics(d.task, data, preds)
+            out[split] = m if split == "test" else {"score": m["score"], "per_domain": m["per_domain"]}
+            rows += prediction_rows(d.task, data, preds, split)
+    out["train"] = {k: v for k, v in train_info.items() if k not in TIMING_KEYS}
+    if d.test.truncated_words or d.dev.truncated_words:
+        out["truncated_words"] = {"dev": d.dev.truncated_words, "test": d.test.truncated_words}
+    atomic_write_text(folder / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_json(folder / "metrics.json", out)
+    return out
+
+
+def reevaluate(ctx: RunContext, folder: Path) -> None:
+    """A finished run's saved model evaluated again on the config's current dev and test data."""
+    old = read_json_or_none(folder / "metrics.json")
+    if not isinstance(old, dict) or not isinstance(old.get("run"), dict):
+        raise DogeError(f"{folder / 'metrics.json'}: damaged; delete {folder} to train this run again")
+    model = ctx.load(folder / "model")
+    gated = (folder / "ticket.json").is_file() and not is_pruned(model)  # a full-size model trained gated
+    masks = Ticket.load(folder / "ticket.json").masks() if gated else None
+    clear_done(folder)
+    evaluate(ctx, model, folder, old["run"], masks, old.get("train", {}))
+
+
+def copy_training(ctx: RunContext, twin: Path, folder: Path, info: dict[str, Any]) -> None:
+    """A rewind's results from its twin's training (same seed, units and settings), not trained again: its
+    model, log and predictions as they are, its metrics under this run's name with `trained_as`."""
+    ctx.say(f"[bold]{info['name']}[/bold]: prunes the units {twin.name} pruned: its training is reused")
+    if not is_writer():
+        return
+    for name in ("log.jsonl", "predictions.jsonl"):
+        shutil.copyfile(twin / name, folder / name)
+    if ctx.cfg.run.save_models:
+        shutil.rmtree(folder / "model", ignore_errors=True)
+        shutil.copytree(twin / "model", folder / "model")
+    metrics_json = read_json(twin / "metrics.json")
+    metrics_json["run"] = {**info, "trained_as": twin.name}
+    write_json(folder / "metrics.json", metrics_json)
+    write_json(folder / "timing.json", {"seconds": 0.0, "trained_as": twin.name})
+
+
+def masked_scores(ctx: RunContext, model: torch.nn.Module, ticket: Ticket,
+                  splits: tuple[str, ...] = ("dev", "test")) -> list[dict[str, Any]]:
+    """Metrics of `model` with the ticket's units removed (a pruned copy; `model` is untouched), on each of
+    `splits`, evaluated as training evaluates dev."""
+    pruned = export_pruned(copy.deepcopy(model), ticket) if ticket.pruned_params else model
+    out = []
+    for split in splits:
+        data = getattr(ctx.data, split)
+        preds = predict(pruned, ctx.data.task, data, ctx.cfg.train.eval_batch_size, ctx.data.pad_id, ctx.device,
+                        autocast=ctx.autocast())
+        out.append(metrics(ctx.data.task, data, preds))
+    return out
