@@ -179,7 +179,7 @@ def test_defaults_and_plain_dict() -> None:
             "warmup_ratio": 0.1, "weight_decay": 0.01, "max_grad_norm": 1.0, "eval_every": 0, "patience": 3,
             "mixed_precision": "auto", "log_every": 10, "bucket": True, "objective": "erm", "physical": True,
         },
-        "irm": {"penalty_weight": 100.0, "anneal_steps": 100},
+        "irm": {"penalty_weight": 100.0, "anneal_steps": 100, "penalty_weights": [], "choice_seed": 0},
         "tickets": {
             "methods": ["random", "winning", "doge"], "sparsities": [0.1, 0.3], "lambdas": [100.0],
             "normalize_heads": True, "normalize_ffn": True, "allocation": "proportional", "lambda_choice": "rewind",

@@ -6,8 +6,8 @@
 # Run directories live outside the work tree (a new session lays the work tree anew): $DOGE_STUDY_DIR,
 # default ../runs/study beside it; drive.log there records what ran when. $DOGE: the doge command (default
 # .venv/bin/doge; e.g. "python -m dogetickets.cli" with PYTHONPATH on a snapshot of the code).
-#   issue 23: MNLI and OntoNotes (ERM + tickets), then Table 4 (MNLI with 4 and 3 training genres).
-#   issue 10: Amazon A/B/C, as published (its steps: configs/study/drive-amazon.sh).
+# The order: each seed of MNLI, OntoNotes and Amazon A, B, C (one protocol: issue 23), then Table 4 (MNLI
+# with 4 and 3 training genres). Issue 10's Amazon runs: configs/study/issue10/drive-amazon.sh.
 cd "$(dirname "$0")/../.."
 export DOGE_DATA_DIR=${DOGE_DATA_DIR:-../shared/data/dogetickets}
 STUDY=${DOGE_STUDY_DIR:-../runs/study}
@@ -19,6 +19,6 @@ step() {  # step NAME SEED: one seed of configs/study/NAME.toml
   "${DOGE[@]}" run "configs/study/$1.toml" -q --out "$STUDY/$1" --set "run.seeds=[$2]" >> "$STUDY/run_$1.log" 2>&1
   echo "$(date -u +%FT%TZ) end $1 seed $2 rc=$?" >> "$STUDY/drive.log"
 }
-for seed in 0 1 2; do step mnli $seed; step ontonotes $seed; done
+for seed in 0 1 2; do for name in mnli ontonotes amazon_a amazon_b amazon_c; do step $name $seed; done; done
 for seed in 0 1 2; do step mnli-4 $seed; step mnli-3 $seed; done
 echo "$(date -u +%FT%TZ) ALLDONE" >> "$STUDY/drive.log"

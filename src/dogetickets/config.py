@@ -155,6 +155,11 @@ class TrainConfig(_Section):
 class IRMConfig(_Section):
     penalty_weight: float = Field(100.0, ge=0)
     anneal_steps: Count = 100
+    # a grid of penalty weights: IRM is trained with each on seed `choice_seed` (seed<k>/irm-grid/w<weight>),
+    # the one with the best in-domain dev score (ties: the smallest) trains IRM for every seed, in place of
+    # penalty_weight; empty: penalty_weight
+    penalty_weights: Annotated[list[Lambda], Distinct] = Field(default_factory=list)
+    choice_seed: Seed = 0
 
 
 class TicketConfig(_Section):

@@ -53,7 +53,7 @@ def write_report(
     """
     from dogetickets.errors import DogeError
     from dogetickets.io import atomic_write_text
-    from dogetickets.report import comparisons, provenance, sections
+    from dogetickets.report import comparisons, provenance, sections, training
     from dogetickets.report.collect import dataset_names, load_all
     from dogetickets.report.diagnostics_section import section as diagnostics
     from dogetickets.report.select import select_dev_in_order
@@ -81,6 +81,7 @@ def write_report(
     provenance.reproduce(doc, run_dirs, out, n_boot, seed, title, commands, seeds)
     sections.figures_section(doc, names, run_dirs, runs, folder, seeds)
     diagnostics(doc, names, run_dirs, folder, seeds)
+    training.section(doc, names, run_dirs, folder, seeds)
     sections.all_runs(doc, runs)
 
     atomic_write_text(md, doc.markdown())

@@ -323,6 +323,27 @@ def plot_pilot(counts: dict[str, np.ndarray], out: Path) -> Path:
     return _save(fig, png, pd.DataFrame(rows, columns=["layer", "neuron", "domain", "frequency"]))
 
 
+def plot_convergence(curves: pd.DataFrame, png: Path) -> Path:
+    """ERM's dev score per evaluation (x: epoch), one panel per dataset, one line per seed; the kept
+    checkpoint ringed (report.training.convergence gives `curves`; written beside as CSV)."""
+    datasets = list(dict.fromkeys(curves["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(3.4 * len(datasets), 3.0), squeeze=False, sharey=False)
+    for ax, name in zip(axes[0], datasets, strict=True):
+        sub = curves[curves["dataset"] == name]
+        for seed, g in sub.groupby("seed", sort=True):
+            line = ax.plot(g["epoch"], 100 * g["dev"], marker="o", markersize=3, label=f"seed {seed}")[0]
+            kept = g[g["kept"]]
+            ax.scatter(kept["epoch"], 100 * kept["dev"], s=70, facecolors="none", edgecolors=line.get_color())
+        ax.set_title(str(name), fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_xticks(sorted(set(sub["epoch"])))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("in-domain dev score (%)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("ERM: dev score per epoch (ringed: the checkpoint kept)", fontsize=10, y=1.03)
+    return _save(fig, png, curves)
+
+
 def plot_preview(rows: pd.DataFrame, png: Path, metric: str = "accuracy") -> Path:
     """preview.png (+ preview.csv, the rows: one per seed x method (x lambda) x target sparsity).
 

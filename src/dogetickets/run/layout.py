@@ -4,6 +4,7 @@
     <out>/labels.json                         the label list, fixed at the first stage
     <out>/seed<k>/init/                       the rewind point: pretrained weights + seeded task head
     <out>/seed<k>/erm/, irm/                  baselines: model/, metrics.json, predictions.jsonl, DONE
+    <out>/seed<k>/irm-grid/w<weight>/         IRM with each weight of irm.penalty_weights (on irm.choice_seed)
     <out>/seed<k>/scores/scores.json          per-domain expressive scores and the combined scores
     <out>/seed<k>/tickets/<name>.json         one ticket per method x sparsity (x lambda)
     <out>/seed<k>/rewind/<name>/              ticket.json, model/, metrics.json, predictions.jsonl, DONE
@@ -77,6 +78,10 @@ class RunLayout:
 
     def ticket(self, seed: int, name: str) -> Path:
         return self.seed(seed) / "tickets" / f"{name}.json"
+
+    def irm_grid(self, seed: int, penalty_weight: float) -> Path:
+        """IRM trained with one penalty weight of the grid (irm.penalty_weights), to choose the weight on dev."""
+        return self.seed(seed) / "irm-grid" / f"w{penalty_weight:g}"
 
     def tickets_dir(self, seed: int) -> Path:
         return self.seed(seed) / "tickets"

@@ -28,7 +28,7 @@ from dogetickets.tickets import TicketSpec
 if TYPE_CHECKING:
     from dogetickets.config import Config
 
-STAGES = ("init", "baseline", "scores", "ticket", "rewind")
+STAGES = ("init", "irm_grid", "baseline", "scores", "ticket", "rewind")
 RUN_STAGES = ("baseline", "rewind")  # the stages that train and evaluate a model: the table's rows
 _PATHS = RunLayout(Path())  # the layout's paths relative to the run directory: the jobs' names
 
@@ -49,6 +49,8 @@ class Job:
         s = self.seed
         if self.stage == "init":
             path = _PATHS.init(s)
+        elif self.stage == "irm_grid":
+            path = _PATHS.irm_grid(s, self.arg)
         elif self.stage == "baseline":
             path = _PATHS.baseline(s, self.arg)
         elif self.stage == "scores":
@@ -95,16 +97,29 @@ def baselines(cfg: Config) -> list[str]:
     return ["erm", *(b for b in cfg.run.baselines if b != "erm")]
 
 
+def irm_grid(cfg: Config) -> list[Job]:
+    """IRM with each penalty weight of irm.penalty_weights on irm.choice_seed (none without a grid or IRM),
+    after that seed's rewind point: what IRM's penalty weight is chosen from, for every seed."""
+    if "irm" not in cfg.run.baselines or not cfg.irm.penalty_weights:
+        return []
+    init = Job("init", cfg.irm.choice_seed)
+    return [init, *(Job("irm_grid", init.seed, w, (init.name,)) for w in cfg.irm.penalty_weights)]
+
+
 def plan(cfg: Config, seeds: list[int] | None = None) -> list[Job]:
-    """Every job the config declares, each after the jobs it needs."""
-    jobs: list[Job] = []
+    """Every job the config declares, each after the jobs it needs (the IRM grid first: IRM's penalty
+    weight is chosen on it for every seed, whichever seeds are asked for)."""
+    grid = irm_grid(cfg)
+    jobs: list[Job] = list(grid)
     specs = ticket_specs(cfg)
     for seed in cfg.run.seeds if seeds is None else seeds:
         init = Job("init", seed)
-        jobs.append(init)
+        if init not in jobs:
+            jobs.append(init)
         erm = None
         for b in baselines(cfg):
-            job = Job("baseline", seed, b, (init.name,))
+            needs = (init.name, *(g.name for g in grid if g.stage == "irm_grid" and b == "irm"))
+            job = Job("baseline", seed, b, needs)
             erm = erm or job
             jobs.append(job)
         scores = None

@@ -47,16 +47,19 @@ def evaluated_on(folder: Path) -> Any:
 
 
 def train_and_evaluate(ctx: RunContext, model: torch.nn.Module, folder: Path, info: dict[str, Any], seed: int,
-                       objective: str, masks: Masks | None, keep_model: bool) -> None:
-    """Train `model` (gated by `masks`, if any) with `objective`, save it if `keep_model`, evaluate it."""
+                       objective: str, masks: Masks | None, keep_model: bool,
+                       penalty_weight: float | None = None) -> None:
+    """Train `model` (gated by `masks`, if any) with `objective` (IRM: with `penalty_weight`, else
+    irm.penalty_weight), save it if `keep_model`, evaluate it."""
     clear_done(folder)
     if is_writer():
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "log.jsonl").unlink(missing_ok=True)
     d = ctx.data
     ctx.say(f"[bold]seed {seed}: {info['name']}[/bold] ({objective}, sparsity {info['sparsity']:.1%})")
+    irm = ctx.cfg.irm if penalty_weight is None else ctx.cfg.irm.model_copy(update={"penalty_weight": penalty_weight})
     result = train(
-        model, d.task, d.train, d.dev, ctx.cfg.train, make_objective(objective, ctx.cfg.irm), seed,
+        model, d.task, d.train, d.dev, ctx.cfg.train, make_objective(objective, irm), seed,
         d.pad_id, ticket_masks=masks, log_path=folder / "log.jsonl" if is_writer() else None,
         show_progress=ctx.show_progress, description=f"seed{seed}/{info['name']}",
     )
@@ -106,15 +109,16 @@ def reevaluate(ctx: RunContext, folder: Path) -> None:
     evaluate(ctx, model, folder, old["run"], masks, old.get("train", {}))
 
 
-def copy_training(ctx: RunContext, twin: Path, folder: Path, info: dict[str, Any]) -> None:
-    """A rewind's results from its twin's training (same seed, units and settings), not trained again: its
-    model, log and predictions as they are, its metrics under this run's name with `trained_as`."""
-    ctx.say(f"[bold]{info['name']}[/bold]: prunes the units {twin.name} pruned: its training is reused")
+def copy_training(ctx: RunContext, twin: Path, folder: Path, info: dict[str, Any], keep_model: bool) -> None:
+    """A run's results from its twin's training (the same training to the last bit: the same seed, settings
+    and, for a rewind, units), not trained again: its model (if `keep_model`), log and predictions as they
+    are, its metrics under this run's name with `trained_as` (the twin's folder name)."""
     if not is_writer():
         return
+    folder.mkdir(parents=True, exist_ok=True)
     for name in ("log.jsonl", "predictions.jsonl"):
         shutil.copyfile(twin / name, folder / name)
-    if ctx.cfg.run.save_models:
+    if keep_model:
         shutil.rmtree(folder / "model", ignore_errors=True)
         shutil.copytree(twin / "model", folder / "model")
     metrics_json = read_json(twin / "metrics.json")

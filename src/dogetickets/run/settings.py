@@ -18,8 +18,9 @@ from dogetickets.errors import DogeError
 from dogetickets.tickets import TicketSpec
 from dogetickets.training.loop import resolve_precision
 
-# Sections whose change makes earlier results incomparable; the rest (tickets, seeds) may grow.
-FIXED_SECTIONS = ("model", "data", "train", "irm")
+# Sections whose change makes earlier results incomparable; the rest (tickets, seeds, irm) may change:
+# what depends on them records them (the IRM runs record their penalty weight and annealing).
+FIXED_SECTIONS = ("model", "data", "train")
 # What may change between invocations on one run directory: where the data lives, the test domains
 # (training never sees them; finished runs are evaluated on new ones), and how often the loss is read.
 FREE_KEYS = ("dir", "test_domains", "test_split", "notes", "log_every")
@@ -37,15 +38,23 @@ def init(cfg: Config, seed: int, labels: list[str]) -> dict[str, Any]:
     return {"model": cfg.model.name, "task": cfg.data.task, "labels": labels, "seed": seed}
 
 
-def training(cfg: Config, seed: int, objective: str, labels: list[str]) -> dict[str, Any]:
-    """A training: its starting point, its data, its hyper-parameters and objective."""
+def irm(cfg: Config, penalty_weight: float | None = None) -> dict[str, Any]:
+    """The IRM objective: its penalty weight (`penalty_weight`, else irm.penalty_weight) and annealing."""
+    w = cfg.irm.penalty_weight if penalty_weight is None else penalty_weight
+    return {"penalty_weight": w, "anneal_steps": cfg.irm.anneal_steps}
+
+
+def training(cfg: Config, seed: int, objective: str, labels: list[str],
+             penalty_weight: float | None = None) -> dict[str, Any]:
+    """A training: its starting point, its data, its hyper-parameters and objective (IRM: with
+    `penalty_weight`, else irm.penalty_weight)."""
     train = {k: v for k, v in comparable(cfg.to_dict()["train"]).items()  # type: ignore[union-attr]
              if k not in ("objective", "physical")}
     train["mixed_precision"] = resolve_precision(cfg.train.mixed_precision)  # what "auto" is on this machine
     out = {"init": init(cfg, seed, labels), "data": comparable(cfg.to_dict()["data"]),
            "max_length": cfg.model.max_length, "train": train, "objective": objective}
     if objective == "irm":
-        out["irm"] = cfg.to_dict()["irm"]
+        out["irm"] = irm(cfg, penalty_weight)
     return out
 
 

@@ -159,26 +159,73 @@ class RunStage(Stage):
         clear_done(self.folder(job))
 
 
+class IrmGridStage(RunStage):
+    """IRM trained with one penalty weight of the grid (irm.penalty_weights) on irm.choice_seed, evaluated:
+    IRM's penalty weight is the grid's best on in-domain dev (`Stages.irm_penalty`)."""
+
+    kind = "irm_grid"
+
+    def folder(self, job: Job) -> Path:
+        return self.ctx.layout.irm_grid(job.seed, job.arg)
+
+    def settings(self, job: Job) -> dict[str, Any]:
+        return settings.training(self.ctx.cfg, job.seed, "irm", self.ctx.labels, penalty_weight=job.arg)
+
+    def files(self, job: Job) -> tuple[str, ...]:
+        return runs.RUN_FILES
+
+    def build(self, job: Job, record: dict[str, Any] | None) -> None:
+        seed, w, folder = job.seed, job.arg, self.folder(job)
+        model = self.ctx.load(self.stages.init.ensure(seed))
+        info = {"name": f"irm-w{w:g}", "method": "irm", "objective": "irm", "seed": seed, "target_sparsity": 0.0,
+                "sparsity": 0.0, "lambda": None, "penalty_weight": w}
+        runs.train_and_evaluate(self.ctx, model, folder, info, seed, "irm", None, True, penalty_weight=w)
+        mark_done(folder, record)
+
+
 class BaselineStage(RunStage):
-    """Fine-tuning from the rewind point with an objective (erm, irm), then evaluation."""
+    """Fine-tuning from the rewind point with an objective (erm, irm), then evaluation. IRM with a grid of
+    penalty weights trains with the grid's choice; on the seed the grid ran on, it takes that training."""
 
     kind = "baseline"
 
     def folder(self, job: Job) -> Path:
         return self.ctx.layout.baseline(job.seed, job.arg)
 
-    def settings(self, job: Job) -> dict[str, Any]:
-        return settings.training(self.ctx.cfg, job.seed, job.arg, self.ctx.labels)
+    def settings(self, job: Job) -> dict[str, Any] | None:
+        """None while IRM's penalty weight is still to be chosen (its grid not finished)."""
+        weight = None
+        if job.arg == "irm" and self.ctx.cfg.irm.penalty_weights:
+            choice = self.stages.irm_penalty()
+            if choice is None:
+                return None
+            weight = choice["chosen"]
+        return settings.training(self.ctx.cfg, job.seed, job.arg, self.ctx.labels, penalty_weight=weight)
 
     def files(self, job: Job) -> tuple[str, ...]:
         return runs.RUN_FILES
 
     def build(self, job: Job, record: dict[str, Any] | None) -> None:
         seed, objective, folder = job.seed, job.arg, self.folder(job)
-        model = self.ctx.load(self.stages.init.ensure(seed))
         info = {"name": objective, "method": objective, "objective": objective, "seed": seed,
                 "target_sparsity": 0.0, "sparsity": 0.0, "lambda": None}
-        runs.train_and_evaluate(self.ctx, model, folder, info, seed, objective, None, True)
+        weight = None
+        if objective == "irm" and self.ctx.cfg.irm.penalty_weights:
+            choice = self.stages.irm_penalty()
+            if choice is None:
+                raise DogeError(f"{folder}: IRM's penalty weight is chosen on the grid of seed "
+                                f"{self.ctx.cfg.irm.choice_seed}, which is not finished: run it first")
+            weight = choice["chosen"]
+            info |= {"penalty_weight": weight, "penalty_choice": choice}
+            grid = self.ctx.layout.irm_grid(seed, weight)
+            if seed == self.ctx.cfg.irm.choice_seed:  # that training is this one, to the last bit
+                clear_done(folder)
+                self.ctx.say(f"[bold]seed {seed}: irm[/bold]: the grid's training with penalty weight {weight:g}")
+                runs.copy_training(self.ctx, grid, folder, info, keep_model=True)
+                mark_done(folder, record)
+                return
+        model = self.ctx.load(self.stages.init.ensure(seed))
+        runs.train_and_evaluate(self.ctx, model, folder, info, seed, objective, None, True, penalty_weight=weight)
         mark_done(folder, record)
 
 
@@ -347,7 +394,8 @@ class RewindStage(RunStage):
             info["lambda_chosen_on_dev"] = True
         twin = self.twin(job, ticket, record or {})
         if twin is not None:
-            runs.copy_training(ctx, twin, folder, info)
+            ctx.say(f"[bold]{info['name']}[/bold]: prunes the units {twin.name} pruned: its training is reused")
+            runs.copy_training(ctx, twin, folder, info, ctx.cfg.run.save_models)
         else:
             model = ctx.load(self.stages.init.ensure(seed))
             # The physically pruned model computes what the gated one computes on the kept weights (pruned
@@ -394,6 +442,21 @@ class Stages:
     def of(self, job: Job) -> Stage:
         """The stage that computes `job`."""
         return self.by_kind[job.stage]
+
+    def irm_penalty(self) -> dict[str, Any] | None:
+        """IRM's penalty weight chosen on the grid (irm.penalty_weights): the best in-domain dev score of
+        irm.choice_seed's grid runs, ties to the smallest weight; with the seed and every weight's dev score.
+        None while a grid run is not finished."""
+        irm, stage = self.ctx.cfg.irm, self.by_kind["irm_grid"]
+        dev: dict[float, float] = {}
+        for w in sorted(irm.penalty_weights):
+            job = Job("irm_grid", irm.choice_seed, w)
+            if not stage.finished(job):
+                return None
+            dev[w] = float(read_json(stage.folder(job) / "metrics.json")["dev"]["score"])
+        best = max(dev, key=lambda w: (dev[w], -w))
+        return {"by": "in-domain dev score", "seed": irm.choice_seed,
+                "dev_score": {f"{w:g}": s for w, s in dev.items()}, "chosen": best}
 
     def finetuned_folder(self, seed: int) -> Path:
         """The fine-tuned model that is scored: this seed's ERM, or the one fine-tuned elsewhere."""

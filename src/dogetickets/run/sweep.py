@@ -212,7 +212,11 @@ class Sweep:
         wanted = settings.evaluation(self.cfg)
         folders = [folder for folder in (self.folder(job) for job in self.plan() if job.is_run)
                    if is_done(folder) and runs.evaluated_on(folder) == wanted]
-        results = collect_results(self.out, folders, notes=config_notes(self.cfg),
+        notes = config_notes(self.cfg)
+        if "irm" in self.cfg.run.baselines and self.cfg.irm.penalty_weights:
+            choice = self.stages.irm_penalty()
+            notes += [irm_note(choice, self.cfg.irm.anneal_steps)] if choice is not None else []
+        results = collect_results(self.out, folders, notes=notes,
                                   machine=self.ctx.clock.machine or machine.describe())
         write_results(self.out, results)
         return results
@@ -229,6 +233,13 @@ class Sweep:
                      f"({share['outside_model_share']:.1%}: " + ", ".join(f"{k} {v:.1f}s" for k, v in parts.items())
                      + ")")
         return share
+
+
+def irm_note(choice: dict[str, Any], anneal_steps: int) -> str:
+    """How IRM's penalty weight was chosen (`Stages.irm_penalty`), for the table."""
+    grid = ", ".join(f"{w} ({100 * s:.1f})" for w, s in choice["dev_score"].items())
+    return (f"IRM: penalty weight {choice['chosen']:g} (annealed in over {anneal_steps} steps), chosen on seed "
+            f"{choice['seed']}'s in-domain dev score among {grid}")
 
 
 def config_notes(cfg: Config) -> list[str]:
