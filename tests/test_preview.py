@@ -49,10 +49,10 @@ def test_preview_rows(run: tuple[Path, Path, subprocess.CompletedProcess]) -> No
     rows = pd.read_csv(out / "preview.csv")
     assert len(rows) == 13 * len(METHODS)
     assert list(rows.columns[:6]) == ["seed", "method", "lambda", "target_sparsity", "sparsity", "dev_score"]
-    assert {"test_mean", "test_worst", "test:Software"} <= set(rows.columns)
+    assert not [c for c in rows.columns if c.startswith("test")]  # dev only unless --test
     assert (out / "preview.png").stat().st_size > 0
     recorded = json.loads((out / "preview.json").read_text())
-    assert recorded["grid"] == parse_grid("0:0.6:0.05") and recorded["seeds"] == [0]
+    assert recorded["grid"] == parse_grid("0:0.6:0.05") and recorded["seeds"] == [0] and not recorded["test"]
     assert "0" in recorded["scores"] and recorded["eval"]["test_domains"] == ["Software"]
 
     erm_dev = json.loads((out / "seed0" / "erm" / "metrics.json").read_text())["dev"]["score"]
@@ -60,7 +60,6 @@ def test_preview_rows(run: tuple[Path, Path, subprocess.CompletedProcess]) -> No
     assert sorted(zero["method"]) == sorted(METHODS)
     assert (zero["sparsity"] == 0).all()
     assert (zero["dev_score"] == erm_dev).all()  # the unmasked model is the ERM model, exactly
-    assert zero["test_mean"].nunique() == 1
     for method, g in rows.groupby("method"):
         g = g.sort_values("target_sparsity")
         assert g["target_sparsity"].tolist() == parse_grid("0:0.6:0.05")
@@ -82,11 +81,22 @@ def test_preview_reuse_and_recompute(run: tuple[Path, Path, subprocess.Completed
 
     from dogetickets.run.sweep import Sweep
 
-    result = run_preview(Sweep(load_config(cfg), show_progress=False), grid=[0.0, 0.25])
+    sweep = Sweep(load_config(cfg), show_progress=False)
+    result = run_preview(sweep, grid=[0.0, 0.25])
     assert not result.reused and csv.stat().st_mtime_ns != before
     rows = pd.read_csv(csv)
     assert len(rows) == 2 * len(METHODS) and sorted(set(rows["target_sparsity"])) == [0.0, 0.25]
     assert json.loads((out / "preview.json").read_text())["grid"] == [0.0, 0.25]
+
+    # --test: the test domains too, in columns apart; the same dev numbers; settings recorded
+    result = run_preview(sweep, grid=[0.0, 0.25], test=True)
+    assert not result.reused
+    tested = pd.read_csv(csv)
+    assert {"test_mean", "test_worst", "test:Software"} <= set(tested.columns)
+    assert tested["dev_score"].tolist() == rows["dev_score"].tolist()
+    assert json.loads((out / "preview.json").read_text())["test"] is True
+    erm_test = json.loads((out / "seed0" / "erm" / "metrics.json").read_text())["test"]["mean"]
+    assert (tested.loc[tested["target_sparsity"] == 0, "test_mean"] == erm_test).all()
 
 
 def test_pruned_equals_masked(run: tuple[Path, Path, subprocess.CompletedProcess]) -> None:

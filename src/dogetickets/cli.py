@@ -243,15 +243,17 @@ def preview(config: ConfigArg, data_dir: DataDirOpt = None, out: OutOpt = None, 
             grid: Annotated[str, typer.Option(
                 "--grid", help="Target sparsities: START:STOP:STEP (STOP included) or a comma list like "
                 "0,0.1,0.3, each in [0, 1)")] = "0:0.6:0.05",
+            test: Annotated[bool, typer.Option(
+                "--test", help="Also evaluate the test domains (columns apart, never used to choose)")] = False,
             ) -> None:
     """Dev score of every method's tickets over a sparsity grid, masked on the fine-tuned model (no retraining).
 
-    Writes preview.csv (test columns apart: test_*), preview.png and preview.json into the run directory;
-    reused while their settings are unchanged."""
+    Writes preview.csv (with --test, test columns apart: test_*), preview.png and preview.json into the run
+    directory; reused while their settings are unchanged."""
     from dogetickets.preview import parse_grid, print_preview, run_preview
 
     levels = parse_grid(grid)
-    print_preview(run_preview(_sweep(config, data_dir, out, model, set_, quiet), seeds=seed, grid=levels))
+    print_preview(run_preview(_sweep(config, data_dir, out, model, set_, quiet), seeds=seed, grid=levels, test=test))
 
 
 @app.command("export")

@@ -1,12 +1,13 @@
 """`doge preview`: each method's tickets over a dense sparsity grid, without retraining.
 
 The fine-tuned ERM model of a seed is evaluated with each ticket's units removed, for every configured
-method (doge at every lambda) and every target sparsity of the grid; one dev and one test pass per
-distinct ticket (tickets that prune the same units, e.g. all of them at sparsity 0, are evaluated once).
-The model evaluated is the physically pruned copy (`export_pruned`), which computes what the masked
-model computes and is faster the more it prunes (quickstart data, dev + test: 3.3 s against 7.0 s for the gated
-model at 60%, 5.1 s against 6.8 s at 30%; the same scores). The in-domain dev score is the number to read and to
-choose by; the test columns (``test_*``, ``test:<domain>``) are kept apart and never used to choose.
+method (doge at every lambda) and every target sparsity of the grid, on in-domain dev: one pass per distinct
+ticket (tickets that prune the same units, e.g. all of them at sparsity 0, are evaluated once), and the
+layers that tickets share (the same units removed from layers 0..k-1) computed once for all of them
+(`prefix.evaluate_tickets`). The model evaluated is the physically pruned copy (`export_pruned`), which
+computes what the masked model computes and is faster the more it prunes. The in-domain dev score is the
+number to read and to choose by; with `test=True` (`doge preview --test`) the test domains are evaluated
+too, in columns kept apart (``test_*``, ``test:<domain>``) and never used to choose.
 
 Written into the run directory: preview.csv (one row per seed x method (x lambda) x sparsity),
 preview.png (report/figures.plot_preview) and, last, preview.json (the settings that made them: a
@@ -25,7 +26,9 @@ from rich.table import Table
 
 from dogetickets import methods as registry
 from dogetickets.errors import DogeError
+from dogetickets.evaluate import metrics, predict
 from dogetickets.io import read_json_or_none, write_json
+from dogetickets.prefix import evaluate_tickets, layer_patterns
 from dogetickets.run import runs, settings
 from dogetickets.tickets import TicketSpec
 
@@ -79,9 +82,11 @@ def _specs(sweep: Sweep) -> list[tuple[str, float | None]]:
     return [(m, lam) for m in t.methods for lam in (t.lambdas if registry.get(m).uses_lambda else [None])]
 
 
-def preview_settings(sweep: Sweep, seeds: list[int], grid: list[float]) -> dict[str, Any]:
-    """What a preview depends on: the grid, the methods, the fine-tuned model and scores, the test data."""
+def preview_settings(sweep: Sweep, seeds: list[int], grid: list[float], test: bool = False) -> dict[str, Any]:
+    """What a preview depends on: the grid, the methods, the fine-tuned model and scores, the evaluation data
+    (and whether the test domains were evaluated)."""
     return {
+        "test": test,
         "grid": grid,
         "methods": list(sweep.cfg.tickets.methods),
         "lambdas": (list(sweep.cfg.tickets.lambdas)
@@ -100,34 +105,62 @@ def evaluate_ticket(sweep: Sweep, model: torch.nn.Module, ticket: Ticket) -> tup
     return dev, test
 
 
-def _seed_rows(sweep: Sweep, seed: int, grid: list[float], advance: Any) -> list[dict[str, Any]]:
-    """One row per method (x lambda) x sparsity of one seed's fine-tuned model."""
+def evaluate_all(sweep: Sweep, model: torch.nn.Module, tickets: list[Ticket], splits: tuple[str, ...],
+                 advance: Any = None) -> list[list[dict]]:
+    """Metrics of `model` with each ticket's units removed, on each of `splits` (per ticket, in order), as
+    `evaluate_ticket` computes them; the layers tickets share are computed once (`prefix.evaluate_tickets`)."""
+    ctx = sweep.ctx
+    d = ctx.data
+    out: list[list[dict]] = [[] for _ in tickets]
+    for n, split in enumerate(splits):
+        data = getattr(d, split)
+
+        def pred(m: torch.nn.Module, part: Any) -> list:
+            return predict(m, d.task, part, ctx.cfg.train.eval_batch_size, d.pad_id, ctx.device,
+                           autocast=ctx.autocast())
+
+        last = n == len(splits) - 1
+        preds = evaluate_tickets(model, tickets, data, ctx.cfg.train.eval_batch_size, pred,
+                                 advance=advance if last else None)
+        for i, p in enumerate(preds):
+            out[i].append(metrics(d.task, data, p))
+    return out
+
+
+def _seed_rows(sweep: Sweep, seed: int, grid: list[float], test: bool, advance: Any) -> list[dict[str, Any]]:
+    """One row per method (x lambda) x sparsity of one seed's fine-tuned model: every distinct ticket (by the
+    units it removes) evaluated once, on dev (and on the test domains with `test`)."""
     sweep.stages.init.ensure(seed)
     model = sweep.stages.finetuned_model(seed)
-    done: dict[tuple, tuple[dict, dict]] = {}  # pruned units -> (dev, test) metrics
+    chosen = [(method, lam, target, sweep.stages.ticket.choose(seed, TicketSpec(method, target, lam)))
+              for method, lam in _specs(sweep) for target in grid]
+    distinct: dict[tuple, int] = {}  # pruned units -> index in `tickets`
+    tickets: list[Ticket] = []
+    for *_, ticket in chosen:
+        key = layer_patterns(ticket)
+        if key not in distinct:
+            distinct[key] = len(tickets)
+            tickets.append(ticket)
+    advance(len(chosen) - len(tickets))
+    scores = evaluate_all(sweep, model, tickets, ("dev", "test") if test else ("dev",), advance)
     rows = []
-    for method, lam in _specs(sweep):
-        for target in grid:
-            ticket = sweep.stages.ticket.choose(seed, TicketSpec(method, target, lam))
-            key = (tuple(sorted((int(k), tuple(v)) for k, v in ticket.pruned_heads.items())),
-                   tuple(ticket.pruned_ffn))
-            if key not in done:
-                done[key] = evaluate_ticket(sweep, model, ticket)
-            dev, test = done[key]
-            rows.append({
-                "seed": seed, "method": method, "lambda": lam, "target_sparsity": target,
-                "sparsity": ticket.sparsity, "dev_score": dev["score"],
-                **{f"dev:{k}": v for k, v in dev["per_domain"].items()},
-                "test_mean": test["mean"], "test_worst": test["worst"],
-                **{f"test:{k}": v for k, v in test["per_domain"].items()},
-            })
-            advance(1, info=f"seed {seed} {method} {target:.0%}")
+    for method, lam, target, ticket in chosen:
+        dev, *rest = scores[distinct[layer_patterns(ticket)]]
+        row = {"seed": seed, "method": method, "lambda": lam, "target_sparsity": target,
+               "sparsity": ticket.sparsity, "dev_score": dev["score"],
+               **{f"dev:{k}": v for k, v in dev["per_domain"].items()}}
+        if rest:
+            row |= {"test_mean": rest[0]["mean"], "test_worst": rest[0]["worst"],
+                    **{f"test:{k}": v for k, v in rest[0]["per_domain"].items()}}
+        rows.append(row)
     return rows
 
 
-def run_preview(sweep: Sweep, seeds: list[int] | None = None, grid: list[float] | None = None) -> Preview:
+def run_preview(sweep: Sweep, seeds: list[int] | None = None, grid: list[float] | None = None,
+                test: bool = False) -> Preview:
     """Evaluate every method's tickets over `grid` (default 0-60% in 5% steps) for `seeds` (default: the
-    config's); fine-tunes and scores first if need be. Reuses the files when their settings are unchanged."""
+    config's) on in-domain dev, and with `test` on the test domains too; fine-tunes and scores first if need
+    be. Reuses the files when their settings are unchanged."""
     from dogetickets.progress import sweep_progress
     from dogetickets.report.figures import plot_preview
 
@@ -135,7 +168,7 @@ def run_preview(sweep: Sweep, seeds: list[int] | None = None, grid: list[float] 
     grid = list(grid or parse_grid(DEFAULT_GRID))
     sweep.open()
     csv, png, js = (sweep.out / f for f in FILES)
-    settings = preview_settings(sweep, seeds, grid)
+    settings = preview_settings(sweep, seeds, grid, test)
     if read_json_or_none(js) == _as_json(settings) and csv.is_file() and png.is_file():
         try:
             return Preview(pd.read_csv(csv), csv, png, js, reused=True)
@@ -144,7 +177,7 @@ def run_preview(sweep: Sweep, seeds: list[int] | None = None, grid: list[float] 
     js.unlink(missing_ok=True)
     total = len(seeds) * len(_specs(sweep)) * len(grid)
     with sweep_progress(f"preview ({total} tickets)", total, sweep.ctx.show_progress) as advance:
-        rows = pd.DataFrame([r for seed in seeds for r in _seed_rows(sweep, seed, grid, advance)])
+        rows = pd.DataFrame([r for seed in seeds for r in _seed_rows(sweep, seed, grid, test, advance)])
     plot_preview(rows, png, metric=sweep.ctx.data.task.metric)  # writes preview.csv beside it
     write_json(js, settings)
     return Preview(rows, csv, png, js, reused=False)
@@ -167,7 +200,8 @@ def dev_table(rows: pd.DataFrame) -> Table:
     n_seeds = rows["seed"].nunique()
     table = Table(title=f"in-domain dev score (%) of the masked fine-tuned model, no retraining"
                         f"{f' (mean over {n_seeds} seeds)' if n_seeds > 1 else ''}",
-                  caption="test numbers: the test_* columns of preview.csv (never used to choose)")
+                  caption=("test numbers: the test_* columns of preview.csv (never used to choose)"
+                           if "test_mean" in rows.columns else "dev only (doge preview --test adds the test domains)"))
     for col in ("target", "achieved", *labels):
         table.add_column(col, justify="right")
     for target, row in mean.iterrows():

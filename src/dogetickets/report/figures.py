@@ -347,15 +347,19 @@ def plot_convergence(curves: pd.DataFrame, png: Path) -> Path:
 def plot_preview(rows: pd.DataFrame, png: Path, metric: str = "accuracy") -> Path:
     """preview.png (+ preview.csv, the rows: one per seed x method (x lambda) x target sparsity).
 
-    Left, what to read: in-domain dev score vs target sparsity; right, apart: the OOD test mean."""
+    Left, what to read: in-domain dev score vs target sparsity; right, apart: the OOD test mean (only when
+    the preview evaluated the test domains: `doge preview --test`)."""
 
     rows = rows.assign(label=[registry.with_lambda(m, lam)
                               for m, lam in zip(rows["method"], rows["lambda"], strict=True)])
     unit = "F1" if metric == "entity_f1" else "accuracy"
     n_seeds = int(rows["seed"].nunique())
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     panels = (("dev_score", f"in-domain dev {unit} (%)", "Dev: read and choose on this"),
               ("test_mean", f"OOD test mean {unit} (%)", "Test (shown apart, never used to choose)"))
+    panels = panels if "test_mean" in rows.columns else panels[:1]
+    fig, axes = plt.subplots(1, len(panels), figsize=(11 if len(panels) == 2 else 6, 4), sharex=True,
+                             squeeze=False)
+    axes = axes[0]
     style = {}  # doge at several lambdas: one colour, one line style per lambda
     for _, g in rows.groupby("method", sort=False):
         style |= {label: ("-", "--", ":", "-.")[i % 4] for i, label in enumerate(dict.fromkeys(g["label"]))}
@@ -374,7 +378,8 @@ def plot_preview(rows: pd.DataFrame, png: Path, metric: str = "accuracy") -> Pat
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[1].set_facecolor("#f6f6f6")
+    if len(axes) > 1:
+        axes[1].set_facecolor("#f6f6f6")
     seeds = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed"
     fig.suptitle(f"Preview: the fine-tuned model with each method's units removed, no retraining ({seeds})")
     return _save(fig, png, rows.drop(columns="label"))

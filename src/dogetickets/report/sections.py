@@ -199,8 +199,8 @@ def _previews(doc: Document, names: list[str], run_dirs: list[Path], runs: pd.Da
     doc.p(
         "`doge preview`: the fine-tuned ERM model evaluated with each method's units masked (no rewinding, "
         "no retraining) over a dense sparsity grid, one line per method (doge: per lambda). The in-domain "
-        "dev score is the one to read and choose by; the OOD test mean is shown apart, in its own panel, "
-        "and never used to choose (numbers: preview.csv)."
+        "dev score is the one to read and choose by; the OOD test mean (`doge preview --test`) is shown apart, "
+        "in its own panel, and never used to choose (numbers: preview.csv)."
     )
     for name, d in previews:
         png = d / "preview.png"

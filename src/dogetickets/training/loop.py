@@ -186,7 +186,9 @@ def train(
     eval_every = cfg.eval_every if cfg.eval_every > 0 else per_epoch
 
     def make_optimizer() -> torch.optim.Optimizer:
-        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        # fused: one kernel per parameter on CPU and CUDA (the default per-parameter loop on CPU took about a
+        # third of a MiniLM step here; the same update up to rounding, ~3e-8 after 5 steps)
+        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=True)
 
     optimizer = make_optimizer()
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
