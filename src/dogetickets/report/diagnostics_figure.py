@@ -45,13 +45,19 @@ def _overlap_panel(ax: Any, overlap: pd.DataFrame) -> Any:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("Overlap with winning tickets (mean, min-max over seeds)")
     ax.grid(alpha=0.3)
-    below = ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-    below.set_in_layout(False)  # under the panel, off the curves; the saved canvas grows to hold it
+    return _legend_under(ax)
+
+
+def _legend_under(ax: Any) -> Any:
+    """The panel's legend under it, off the data (the saved canvas grows to hold it); returned for savefig."""
+    below = ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    below.set_in_layout(False)
     return below
 
 
-def _units_panel(ax: Any, units: pd.DataFrame) -> None:
-    """Mean vs variance across domains of every unit of the first seed, coloured by who prunes it."""
+def _units_panel(ax: Any, units: pd.DataFrame) -> Any:
+    """Mean vs variance across domains of every unit of the first seed, coloured by who prunes it. Returns
+    the legend (placed under the panel: a corner of a scatter is no emptier than its middle)."""
     first = units[units["seed"] == units["seed"].min()]
     cats = list(dict.fromkeys(first["pruned"]))
     method_only = next((c for c in cats if c.endswith(" only") and c != "winning only"), "")
@@ -72,9 +78,9 @@ def _units_panel(ax: Any, units: pd.DataFrame) -> None:
     ax.set_xlabel("mean over training domains (normalized expressive score)")
     ax.set_ylabel("variance over training domains")
     ax.set_title(f"Units, seed {int(first['seed'].iloc[0])}" + (f"\n{ticket} vs winning" if ticket else ""),
-                 fontsize=9)
+                 fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    return _legend_under(ax)
 
 
 def plot_diagnostics(overlap: pd.DataFrame, units: pd.DataFrame, out_png: Path | str) -> Path | None:
@@ -101,7 +107,7 @@ def plot_diagnostics(overlap: pd.DataFrame, units: pd.DataFrame, out_png: Path |
     if not overlap.empty:
         extra.append(_overlap_panel(axes.pop(0), overlap))
     if not units.empty:
-        _units_panel(axes.pop(0), units)
+        extra.append(_units_panel(axes.pop(0), units))
     tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
     fig.tight_layout()
     fig.savefig(tmp, dpi=DPI, bbox_inches="tight", bbox_extra_artists=extra)

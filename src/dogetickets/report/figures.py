@@ -3,7 +3,7 @@
 * transitions.png (paper Fig. 5): OOD test mean vs target sparsity for every ticket method present,
   mean over seeds with a ±std band; ERM (and IRM) as horizontal lines. For a method with a lambda, each (seed, sparsity)
   uses the lambda chosen on dev at that sparsity (the chosen lambdas are listed in the CSV).
-  One panel per dataset.
+  One panel per dataset (two a row).
 * lambda.png (paper Fig. 3): doge test mean vs lambda, one line per target sparsity (mean ± std over
   seeds). Not written when no dataset has more than one lambda.
 * scores.png (paper Fig. 4): one pie per head / FFN block (rows = layers, columns = heads then FFN);
@@ -50,6 +50,18 @@ def _save(fig: Any, png: Path, table: pd.DataFrame) -> Path:
     plt.close(fig)
     tmp.replace(png)
     return png
+
+
+def _panels(n: int, width: float, height: float, max_cols: int = 2) -> tuple[Any, list[Any]]:
+    """A figure of `n` panels of width x height inches, at most `max_cols` a row: one long row of datasets
+    would be narrowed to the report page's width, its text with it. The last row's empty cells removed."""
+    cols = max(1, min(n, max_cols))
+    rows = math.ceil(n / cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained")
+    axes = list(grid.ravel())
+    for ax in axes[n:]:
+        fig.delaxes(ax)
+    return fig, axes[:n]
 
 
 def _agg(values: pd.Series) -> tuple[float, float]:
@@ -108,8 +120,8 @@ def plot_transitions(runs: pd.DataFrame, out: Path) -> Path | None:
     if data.empty:
         return None
     datasets = list(dict.fromkeys(data["dataset"]))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
-    for ax, ds in zip(axes[0], datasets, strict=True):
+    fig, axes = _panels(len(datasets), 5.5, 4)
+    for ax, ds in zip(axes, datasets, strict=True):
         d = data[data["dataset"] == ds]
         baselines = [m for m in registry.ordered(d["method"]) if not _is_ticket(m)]
         for method in registry.ordered(d["method"]):
@@ -135,7 +147,7 @@ def plot_transitions(runs: pd.DataFrame, out: Path) -> Path | None:
         ax.set_ylabel(f"OOD test mean {'F1' if metric == 'entity_f1' else 'accuracy'} (%)")
         ax.set_title(str(ds))
         ax.grid(alpha=0.3)
-    _legend_below(fig, axes[0])
+    _legend_below(fig, axes)
     fig.suptitle("Transitions with varying sparsity (mean ± std over seeds)")
     return _save(fig, Path(out) / "transitions.png", data)
 
@@ -146,7 +158,7 @@ def _legend_below(fig: Any, axes: Any) -> None:
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             entries.setdefault(label, handle)
-    ncol = max(1, min(len(entries), len(axes)))
+    ncol = max(1, min(len(entries), len({ax.get_subplotspec().colspan.start for ax in axes})))  # one a column
     fig.legend(
         list(entries.values()), list(entries), loc="upper center", bbox_to_anchor=(0.5, 0.0),
         ncol=ncol, fontsize=8, frameon=False,
@@ -181,8 +193,8 @@ def plot_lambda(runs: pd.DataFrame, out: Path) -> Path | None:
     if not keep:
         return None
     data = data[data["dataset"].isin(keep)].reset_index(drop=True)
-    fig, axes = plt.subplots(1, len(keep), figsize=(5.5 * len(keep), 4), squeeze=False)
-    for ax, ds in zip(axes[0], keep, strict=True):
+    fig, axes = _panels(len(keep), 5.5, 4)
+    for ax, ds in zip(axes, keep, strict=True):
         d = data[data["dataset"] == ds]
         lams = sorted(d["lambda"].unique())
         pos = {lam: i for i, lam in enumerate(lams)}  # evenly spaced: lambda = 0 has no log position
@@ -196,7 +208,7 @@ def plot_lambda(runs: pd.DataFrame, out: Path) -> Path | None:
         ax.set_ylabel("OOD test mean (%)")
         ax.set_title(f"doge tickets, {ds}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    _legend_below(fig, axes)
     return _save(fig, Path(out) / "lambda.png", data)
 
 
@@ -269,13 +281,13 @@ def plot_scores(scores: dict[str, Any], out: Path) -> tuple[Path, dict[str, int]
     ax.set_ylim(-0.6, L - 0.4)
     ax.set_aspect("equal")
     ax.axvline(H - 0.5, color="lightgray", linewidth=0.8)
-    ax.set_xticks(range(H + 1), [str(h) for h in range(H)] + ["FFN"], fontsize=7)
-    ax.set_yticks(range(L), [str(L - 1 - i) for i in range(L)], fontsize=7)
+    ax.set_xticks(range(H + 1), [str(h) for h in range(H)] + ["FFN"], fontsize=8)
+    ax.set_yticks(range(L), [str(L - 1 - i) for i in range(L)], fontsize=8)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     handles = [Patch(color=c, label=d) for c, d in zip(colors, domains, strict=True)]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, title="domain")
-    ax.set_title("Expressive scores across domains\n(radius ∝ mean, slices = domain shares)", fontsize=9)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, title="domain")
+    ax.set_title("Expressive scores across domains\n(radius ∝ mean, slices = domain shares)", fontsize=10)
     out = Path(out)
     png = _save(fig, out / "scores.png", units.drop(columns="class"))
     atomic_write_text(out / "scores_classes.csv", units.to_csv(index=False))
@@ -327,20 +339,21 @@ def plot_convergence(curves: pd.DataFrame, png: Path) -> Path:
     """ERM's dev score per evaluation (x: epoch), one panel per dataset, one line per seed; the kept
     checkpoint ringed (report.training.convergence gives `curves`; written beside as CSV)."""
     datasets = list(dict.fromkeys(curves["dataset"]))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(3.4 * len(datasets), 3.0), squeeze=False, sharey=False)
-    for ax, name in zip(axes[0], datasets, strict=True):
+    fig, axes = _panels(len(datasets), 3.4, 3.0, max_cols=3)
+    for ax, name in zip(axes, datasets, strict=True):
         sub = curves[curves["dataset"] == name]
         for seed, g in sub.groupby("seed", sort=True):
             line = ax.plot(g["epoch"], 100 * g["dev"], marker="o", markersize=3, label=f"seed {seed}")[0]
             kept = g[g["kept"]]
             ax.scatter(kept["epoch"], 100 * kept["dev"], s=70, facecolors="none", edgecolors=line.get_color())
-        ax.set_title(str(name), fontsize=9)
+        ax.set_title(str(name), fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_xticks(sorted(set(sub["epoch"])))
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("in-domain dev score (%)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle("ERM: dev score per epoch (ringed: the checkpoint kept)", fontsize=10, y=1.03)
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel("in-domain dev score (%)")
+    _legend_below(fig, axes)
+    fig.suptitle("ERM: dev score per epoch (ringed: the checkpoint kept)", fontsize=11)
     return _save(fig, png, curves)
 
 
@@ -357,9 +370,7 @@ def plot_preview(rows: pd.DataFrame, png: Path, metric: str = "accuracy") -> Pat
     panels = (("dev_score", f"in-domain dev {unit} (%)", "Dev: read and choose on this"),
               ("test_mean", f"OOD test mean {unit} (%)", "Test (shown apart, never used to choose)"))
     panels = panels if "test_mean" in rows.columns else panels[:1]
-    fig, axes = plt.subplots(1, len(panels), figsize=(11 if len(panels) == 2 else 6, 4), sharex=True,
-                             squeeze=False)
-    axes = axes[0]
+    fig, axes = _panels(len(panels), 5.5, 4)
     style = {}  # doge at several lambdas: one colour, one line style per lambda
     for _, g in rows.groupby("method", sort=False):
         style |= {label: ("-", "--", ":", "-.")[i % 4] for i, label in enumerate(dict.fromkeys(g["label"]))}
@@ -377,7 +388,7 @@ def plot_preview(rows: pd.DataFrame, png: Path, metric: str = "accuracy") -> Pat
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    _legend_below(fig, axes)
     if len(axes) > 1:
         axes[1].set_facecolor("#f6f6f6")
     seeds = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed"
