@@ -163,7 +163,7 @@ def test_ints_become_floats_where_floats_are_expected(base: Path) -> None:
 def test_defaults_and_plain_dict() -> None:
     d = config_from_dict(MINIMAL).to_dict()
     assert d == {
-        "run": {"out": "runs/doge", "seeds": [0], "baselines": ["erm"], "save_models": True},
+        "run": {"out": "runs/doge", "seeds": [0], "baselines": ["erm"], "save_models": True, "log_with": []},
         "model": {"name": "minilm", "max_length": 128},
         "data": {
             "task": "text", "source": "released", "dataset": "amazon", "dir": "", "path": "",

@@ -18,12 +18,17 @@ window). The goal is a speed-up of at least 0.9 x the FLOP reduction ("efficienc
 `run_bench` takes an unpruned model and tickets (exported here), or an exported model (a `doge export`
 folder, or a rewind run's ``model/``): that one is timed against its architecture at full size (rebuilt
 from its config with random weights: timing and counts only, no accuracy).
+
+Runtimes: ``torch`` (eager PyTorch: inference, batch-1 latency and training steps) or ``onnxruntime``
+(every model, the full one too, exported the same way by `dogetickets.models.onnx.export_onnx` and run by
+ONNX Runtime on the CPU with torch's thread count: inference and batch-1 latency; nothing to train).
 """
 
 from __future__ import annotations
 
 import copy
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,6 +45,7 @@ from dogetickets.models.units import Units, find_module, get_module, layer_list,
 from dogetickets.tickets import Shape, Ticket, random_ticket, ticket_name
 
 DEFAULT_SPARSITIES = (0.0, 0.15, 0.3, 0.5)
+RUNTIMES = ("torch", "onnxruntime")
 GOAL = 0.9  # speed-up >= GOAL x FLOP reduction
 
 
@@ -238,6 +244,7 @@ def run_bench(
     device: str | torch.device = "auto",
     out: str | Path | None = None,
     log: Callable[[str], None] | None = None,
+    runtime: str = "torch",
 ) -> dict[str, Any]:
     """Time the full model and the exported tickets (random tickets at `sparsities` unless `tickets`).
 
@@ -245,46 +252,73 @@ def run_bench(
     loaded model. It may also be an exported model (a `doge export` folder, a physically pruned rewind's
     ``model/``): then it is timed against its architecture at full size (`full_size`: random weights),
     `sparsities` is ignored, and `tickets`, if any, are exported from that full-size model and timed too.
-    Tickets of either granularity. `device` as `bench_device` takes it. Returns (and writes to `out` as
-    JSON) one row per model with absolute numbers and ratios against the full model.
+    Tickets of either granularity. `device` as `bench_device` takes it. `runtime` is one of `RUNTIMES`
+    (the module docstring says what each times; ``onnxruntime`` runs on the CPU only, and its rows have no
+    training numbers). Returns (and writes to `out` as JSON) one row per model with absolute numbers and
+    ratios against the full model.
     """
     say = log or (lambda _msg: None)
+    if runtime not in RUNTIMES:
+        raise DogeError(f"runtime {runtime!r}: expected {' or '.join(RUNTIMES)}")
     dev = bench_device(device)
+    if runtime == "onnxruntime" and dev.type != "cpu":
+        raise DogeError(f"device {str(dev)!r}: the onnxruntime runtime times on the CPU only (use --device cpu)")
     models, full = _models_to_time(model, tickets, sparsities, seed, task, say)
     for _, _, m in models:
         m.to(dev).eval()
-    infer, latency, train = _time_models([m for _, _, m in models], full, batch_size, seq_len, train_batch_size,
-                                         repeats, latency_repeats, train_repeats, warmup, seed, task, dev, say)
+    if runtime == "onnxruntime":
+        infer, latency = _time_onnx(models, full, batch_size, seq_len, repeats, latency_repeats, warmup, seed, say)
+        train: list[list[float] | None] = [None] * len(models)
+    else:
+        infer, latency, train = _time_models([m for _, _, m in models], full, batch_size, seq_len, train_batch_size,
+                                             repeats, latency_repeats, train_repeats, warmup, seed, task, dev, say)
     rows = [_row(name, about, m, t_inf, t_lat, t_train, batch_size, seq_len, train_batch_size)
             for (name, about, m), t_inf, t_lat, t_train in zip(models, infer, latency, train, strict=True)]
-    base = rows[0]
-    for i, r in enumerate(rows):
-        r["flop_reduction"] = base["flops_per_token"] / r["flops_per_token"]
-        r["param_ratio"] = r["params"] / base["params"]
-        # ratios: median over the rounds of (full model's time / this model's time) in the same round
-        r["speedup"] = _paired(infer[0], infer[i])
-        r["latency_speedup"] = _paired(latency[0], latency[i])
-        r["train_speedup"] = _paired(train[0], train[i])
-        r["efficiency"] = r["speedup"] / r["flop_reduction"]
-        r["meets_goal"] = r["efficiency"] >= GOAL
+    _add_ratios(rows, infer, latency, train)
+    torch_only = runtime == "torch"
     result = {
         "model": str(model) if not isinstance(model, nn.Module) else type(model).__name__,
         "task": task,
+        "runtime": runtime,
         "device": str(dev),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        **({} if torch_only else {"onnxruntime": _onnxruntime_version()}),
         "batch_size": batch_size,
         "seq_len": seq_len,
-        "train_batch_size": train_batch_size,
+        "train_batch_size": train_batch_size if torch_only else None,
         "repeats": repeats,
         "latency_repeats": latency_repeats,
-        "train_repeats": train_repeats,
+        "train_repeats": train_repeats if torch_only else 0,
         "goal": f"speedup >= {GOAL} x flop_reduction",
         "rows": rows,
     }
     if out is not None:
         write_json(Path(out), result)
     return result
+
+
+def _add_ratios(rows: list[dict[str, Any]], infer: list[list[float]], latency: list[list[float]],
+                train: Sequence[list[float] | None]) -> None:
+    """FLOP reduction, parameter ratio, speed-ups and efficiency of every row against the first (the full
+    model); a speed-up is the median over the rounds of (full model's time / this model's time) in the same
+    round. No training times (ONNX Runtime): no training speed-up."""
+    base = rows[0]
+    for i, r in enumerate(rows):
+        r["flop_reduction"] = base["flops_per_token"] / r["flops_per_token"]
+        r["param_ratio"] = r["params"] / base["params"]
+        r["speedup"] = _paired(infer[0], infer[i])
+        r["latency_speedup"] = _paired(latency[0], latency[i])
+        t0, ti = train[0], train[i]
+        r["train_speedup"] = _paired(t0, ti) if t0 is not None and ti is not None else None
+        r["efficiency"] = r["speedup"] / r["flop_reduction"]
+        r["meets_goal"] = r["efficiency"] >= GOAL
+
+
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
 
 
 def _models_to_time(model: str | Path | nn.Module, tickets: Sequence[Ticket] | None, sparsities: Sequence[float],
@@ -351,9 +385,41 @@ def _time_models(models: list[nn.Module], full: nn.Module, batch_size: int, seq_
     return infer, latency, train
 
 
+def _time_onnx(models: list[tuple[str, dict[str, Any], nn.Module]], full: nn.Module, batch_size: int, seq_len: int,
+               repeats: int, latency_repeats: int, warmup: int, seed: int, say: Callable[[str], None],
+               ) -> tuple[list[list[float]], list[list[float]]]:
+    """Seconds of every repeat, in rounds over the models exported to ONNX and run by ONNX Runtime on the
+    CPU: inference (`batch_size`) and latency (batch 1); the same token ids as the torch runtime's."""
+    from dogetickets.models.onnx import export_onnx, onnx_feeds, onnx_session, require
+
+    require("onnx", "onnxscript", "onnxruntime")
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, int(full.config.vocab_size), (batch_size, seq_len), generator=gen)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    one = {k: v[:1] for k, v in inputs.items()}
+    cpu = torch.device("cpu")
+    with tempfile.TemporaryDirectory(prefix="doge-bench-onnx-") as tmp:
+        sessions = []
+        for i, (name, _, m) in enumerate(models):
+            say(f"exporting {name} to ONNX")
+            sessions.append(onnx_session(export_onnx(m, Path(tmp) / f"{i}.onnx")))
+        threads = torch.get_num_threads()
+        say(f"ONNX Runtime, {threads} threads: batch {batch_size} x {seq_len} tokens, {repeats} repeats per model")
+
+        def run(session: Any, x: dict[str, torch.Tensor]) -> Callable[[], Any]:
+            feeds = onnx_feeds(session, x)
+            return lambda: session.run(None, feeds)
+
+        infer = _round_robin([run(s, inputs) for s in sessions], warmup, repeats, cpu)
+        say(f"ONNX Runtime latency: batch 1 x {seq_len} tokens, {latency_repeats} repeats per model")
+        latency = _round_robin([run(s, one) for s in sessions], warmup, latency_repeats, cpu)
+    return infer, latency
+
+
 def _row(name: str, about: dict[str, Any], m: nn.Module, t_inf: list[float], t_lat: list[float],
-         t_train: list[float], batch_size: int, seq_len: int, train_batch_size: int) -> dict[str, Any]:
-    """One model's row: its structure, FLOPs and speeds (median and best of its repeats)."""
+         t_train: list[float] | None, batch_size: int, seq_len: int, train_batch_size: int) -> dict[str, Any]:
+    """One model's row: its structure, FLOPs and speeds (median and best of its repeats; no training numbers
+    without `t_train`)."""
     sizes = layer_sizes(m)
     med = statistics.median
     return {
@@ -368,12 +434,12 @@ def _row(name: str, about: dict[str, Any], m: nn.Module, t_inf: list[float], t_l
         "flops_per_token": model_flops_per_token(m, seq_len),
         "infer_examples_per_s": batch_size / med(t_inf),
         "latency_ms": 1000 * med(t_lat),
-        "train_examples_per_s": train_batch_size / med(t_train),
+        "train_examples_per_s": train_batch_size / med(t_train) if t_train else None,
         "seconds": {"infer": t_inf, "latency": t_lat, "train": t_train},  # every repeat, in rounds
         "best": {  # the fastest repeat, less sensitive to a busy machine than the median
             "infer_examples_per_s": batch_size / min(t_inf),
             "latency_ms": 1000 * min(t_lat),
-            "train_examples_per_s": train_batch_size / min(t_train),
+            "train_examples_per_s": train_batch_size / min(t_train) if t_train else None,
         },
     }
 
@@ -412,12 +478,17 @@ def _cells(r: dict[str, Any]) -> list[str]:
         f"{r['efficiency']:.2f}" + ("" if r["meets_goal"] else " !"),
         f"{r['latency_ms']:.1f}",
         f"{r['latency_speedup']:.2f}×",
-        f"{r['train_examples_per_s']:.1f}",
-        f"{r['train_speedup']:.2f}×",
+        "–" if r.get("train_examples_per_s") is None else f"{r['train_examples_per_s']:.1f}",
+        "–" if r.get("train_speedup") is None else f"{r['train_speedup']:.2f}×",
     ]
 
 
 def _title(result: dict[str, Any]) -> str:
+    if result.get("runtime", "torch") == "onnxruntime":
+        return (
+            f"{result['model']} on ONNX Runtime {result['onnxruntime']}, {result['device']} ({result['threads']} "
+            f"threads): inference batch {result['batch_size']} x {result['seq_len']} tokens, no training"
+        )
     return (
         f"{result['model']} on {result['device']} ({result['threads']} threads): inference batch "
         f"{result['batch_size']} x {result['seq_len']} tokens, training batch {result['train_batch_size']}"

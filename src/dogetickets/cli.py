@@ -262,17 +262,31 @@ def export_cmd(
     out: Annotated[Path, typer.Option(
         "--out", help="Folder for the physically pruned model: new, empty, or a previous export (replaced)")],
     model_dir: Annotated[Path | None, typer.Option("--model-dir", help="The masked model, if not beside")] = None,
+    onnx: Annotated[bool, typer.Option(
+        "--onnx", help="Also write model.onnx (dynamic batch and sequence axes; needs dogetickets[onnx])")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Physically pruned model (layers keep different head counts), saved with save_pretrained."""
-    from dogetickets.models.export import export_run
+    """Physically pruned model (layers keep different head counts), saved with save_pretrained; with --onnx
+    also as model.onnx, checked against PyTorch in ONNX Runtime."""
+    from dogetickets.models.export import export_run, load_pruned
+    from dogetickets.models.onnx import ONNX_FILE, check_onnx, export_onnx, require
 
+    if onnx:  # before the export: a missing package fails fast
+        require("onnx", "onnxscript", "onnxruntime")
     path = export_run(src, out, model_dir=model_dir)
+    if onnx:
+        model = load_pruned(path)
+        graph = export_onnx(model, path / ONNX_FILE)
+        diff = check_onnx(model, graph)
+        if diff > 1e-4:
+            raise DogeError(f"{graph}: ONNX Runtime's outputs differ from PyTorch's by {diff:.2g} (above 1e-4)")
     if quiet:
         typer.echo(str(path))
     else:
         typer.echo(f"pruned model: {path} (load with dogetickets.load_pruned or, after `import dogetickets`, "
                    "the transformers Auto classes)")
+        if onnx:
+            typer.echo(f"ONNX model: {graph} (ONNX Runtime's outputs within {diff:.1g} of PyTorch's)")
 
 
 @app.command()
@@ -283,6 +297,8 @@ def bench(
     out: Annotated[Path | None, typer.Option("--out", help="Write the results as JSON")] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed repeats per model")] = 8,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N")] = "auto",
+    runtime: Annotated[str, typer.Option(
+        "--runtime", help="torch, or onnxruntime (every model exported to ONNX; CPU, no training)")] = "torch",
     quiet: QuietOpt = False,
 ) -> None:
     """Inference/training throughput, batch-1 latency, parameters and FLOPs: exported tickets vs full."""
@@ -295,10 +311,10 @@ def bench(
         levels = [float(x) for x in sparsities.split(",") if x.strip()]
     except ValueError:
         raise DogeError(f"--sparsities {sparsities!r}: expected numbers like 0,0.15,0.3") from None
-    dev = bench_device(device)
+    dev = bench_device("cpu" if runtime == "onnxruntime" and device == "auto" else device)
     loaded = [Ticket.load(t) for t in tickets] if tickets else None
     result = run_bench(model or "minilm", tickets=loaded, sparsities=levels, out=out, repeats=repeats, device=dev,
-                       log=None if quiet else lambda m: typer.echo(m, err=True))
+                       log=None if quiet else lambda m: typer.echo(m, err=True), runtime=runtime)
     Console(width=200).print(format_bench(result))
 
 

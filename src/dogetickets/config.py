@@ -22,6 +22,7 @@ Source = Literal["released", "file", "hf"]
 Baseline = registry.BaselineName
 Objective = registry.BaselineName
 Precision = Literal["auto", "no", "bf16", "fp16"]
+Tracker = Literal["tensorboard", "mlflow", "wandb"]
 
 TASKS: tuple[str, ...] = get_args(Task)
 SOURCES: tuple[str, ...] = get_args(Source)
@@ -29,6 +30,7 @@ METHODS: tuple[str, ...] = ("random", "winning", "doge")  # the default comparis
 BASELINES: tuple[str, ...] = get_args(Baseline)
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+TRACKERS: tuple[str, ...] = get_args(Tracker)
 
 T = TypeVar("T")
 
@@ -200,6 +202,8 @@ class RunConfig(_Section):
     seeds: Annotated[list[Seed], Distinct] = Field(default_factory=lambda: [0], min_length=1)
     baselines: Annotated[list[Baseline], Distinct] = Field(default_factory=lambda: ["erm"])
     save_models: bool = True  # keep each rewound model (needed by `doge export`)
+    # experiment trackers every training logs to (dogetickets.training.trackers); none by default
+    log_with: Annotated[list[Tracker], Distinct] = Field(default_factory=list)
 
 
 def _section() -> Any:

@@ -29,6 +29,7 @@ from dogetickets.progress import console
 from dogetickets.run import settings
 from dogetickets.run.layout import RunLayout, RunLock, changed_setting, process_history
 from dogetickets.run.plan import ticket_specs
+from dogetickets.training import trackers
 from dogetickets.training.loop import get_accelerator, resolve_precision
 
 
@@ -203,8 +204,10 @@ class RunContext:
     # ---- the run directory -----------------------------------------------------------------------
     def open(self) -> None:
         """Create (or reopen) the run directory: lock it, check it holds this run, write config and labels.
-        A worker only checks that it sees the directory its driver prepared."""
+        A worker only checks that it sees the directory its driver prepared. A tracker of run.log_with whose
+        package is missing is refused first."""
         out = self.layout.root
+        trackers.check_installed(self.cfg.run.log_with)
         if self.worker and not (self.layout.config.is_file() and self.layout.labels.is_file()):
             raise DogeError(f"{out}: not a prepared run directory (no config.toml/labels.json): a worker "
                             "needs the directory its driver prepared, on a filesystem every worker shares")

@@ -10,6 +10,7 @@
     <out>/seed<k>/rewind/<name>/              ticket.json, model/, metrics.json, predictions.jsonl, DONE
     <out>/results.json, results.md            the table
     <out>/timing.json                         wall time: a record per `doge run` process (:func:`process_history`)
+    <out>/trackers/                           the experiment trackers' files (run.log_with)
 
 A stage folder is finished when its DONE marker holds exactly the settings that the current config
 asks of it (:func:`recorded`, :func:`changed_setting`); any other DONE is stale and the stage is
@@ -60,6 +61,11 @@ class RunLayout:
     @property
     def timing(self) -> Path:
         return self.root / "timing.json"
+
+    @property
+    def trackers(self) -> Path:
+        """The experiment trackers' files (run.log_with; `dogetickets.training.trackers`)."""
+        return self.root / "trackers"
 
     def seed(self, seed: int) -> Path:
         return self.root / f"seed{seed}"

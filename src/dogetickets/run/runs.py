@@ -28,6 +28,7 @@ from dogetickets.models.units import Units
 from dogetickets.run import settings
 from dogetickets.run.context import RunContext
 from dogetickets.tickets import Ticket
+from dogetickets.training import trackers
 from dogetickets.training.loop import train
 from dogetickets.training.objectives import make_objective
 
@@ -58,16 +59,21 @@ def train_and_evaluate(ctx: RunContext, model: torch.nn.Module, folder: Path, in
     d = ctx.data
     ctx.say(f"[bold]seed {seed}: {info['name']}[/bold] ({objective}, sparsity {info['sparsity']:.1%})")
     irm = ctx.cfg.irm if penalty_weight is None else ctx.cfg.irm.model_copy(update={"penalty_weight": penalty_weight})
-    result = train(
-        model, d.task, d.train, d.dev, ctx.cfg.train, make_objective(objective, irm), seed,
-        d.pad_id, ticket_masks=masks, log_path=folder / "log.jsonl" if is_writer() else None,
-        show_progress=ctx.show_progress, description=f"seed{seed}/{info['name']}",
-    )
-    if keep_model:
-        ctx.save_model(model, folder / "model")
-    train_info = result.to_dict()
-    write_json(folder / "timing.json", {k: train_info.pop(k) for k in TIMING_KEYS})
-    evaluate(ctx, model, folder, info, masks, train_info, dev_predictions=result.best_dev_predictions)
+    job = folder.relative_to(ctx.layout.root).as_posix()  # its job's name: seed0/erm, seed0/rewind/doge-s30
+    params = trackers.hyperparameters(ctx.cfg.to_dict(), job, info)
+    with trackers.training_run(ctx.cfg.run.log_with if is_writer() else [], ctx.layout.trackers,
+                               ctx.layout.root.resolve().name, job, params) as tracked:
+        result = train(
+            model, d.task, d.train, d.dev, ctx.cfg.train, make_objective(objective, irm), seed,
+            d.pad_id, ticket_masks=masks, log_path=folder / "log.jsonl" if is_writer() else None,
+            show_progress=ctx.show_progress, description=f"seed{seed}/{info['name']}", on_eval=tracked.log_eval,
+        )
+        if keep_model:
+            ctx.save_model(model, folder / "model")
+        train_info = result.to_dict()
+        write_json(folder / "timing.json", {k: train_info.pop(k) for k in TIMING_KEYS})
+        out = evaluate(ctx, model, folder, info, masks, train_info, dev_predictions=result.best_dev_predictions)
+        tracked.log_test(out["test"], result.steps)
 
 
 def evaluate(ctx: RunContext, model: torch.nn.Module, folder: Path, info: dict[str, Any], masks: Masks | None,

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,7 @@ def train(
     log_path: Path | None = None,
     show_progress: bool = True,
     description: str = "train",
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place; on return it holds the best dev checkpoint's weights.
 
@@ -167,6 +169,9 @@ def train(
     or infinite loss then stops the run (`TrainingFailed`) naming the exact step where it first appeared
     and that step's lr; the steps after it, up to the read, have already been applied to the weights,
     which does not matter since the run has failed and its model is dropped.
+
+    `on_eval` is called after every dev evaluation with its log entry and the dev score of each domain
+    (`dev_per_domain`): the experiment trackers' hook (`dogetickets.training.trackers`).
     """
     precision = resolve_precision(cfg.mixed_precision)
     acc = get_accelerator(precision)
@@ -254,12 +259,15 @@ def train(
                     advance(1, info=info)
                     if evaluating:
                         dev_preds = predict_dev()
-                        dev = metrics(task, dev_data, dev_preds)["score"]
+                        dev_metrics = metrics(task, dev_data, dev_preds)
+                        dev = dev_metrics["score"]
                         entry = {"step": step, "epoch": epoch, "loss": last_loss, "dev": dev}
                         history.append(entry)
                         if log:
                             log.write(json.dumps(entry) + "\n")
                             log.flush()
+                        if on_eval is not None:
+                            on_eval({**entry, "dev_per_domain": dev_metrics["per_domain"]})
                         if dev > best_dev:
                             best_dev, best_step, bad_evals = dev, step, 0
                             best_preds = dev_preds
