@@ -45,7 +45,7 @@ from dogetickets.data.batching import batch_indices
 from dogetickets.data.sources import load_splits
 from dogetickets.data.tasks import Encoded, make_task
 from dogetickets.evaluate import predict
-from dogetickets.machine import cpu_flags
+from dogetickets.machine import describe
 from dogetickets.models.resolve import load_model, load_tokenizer
 from dogetickets.models.units import Units
 from dogetickets.scoring import expressive_scores
@@ -54,16 +54,6 @@ from dogetickets.training.objectives import ERM
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {"no": "fp32", "bf16": "bf16"}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def matmul_peak(precision: str, hidden: int, ffn: int, tokens: int = 16 * 64, seconds: float = 1.0) -> dict:
@@ -138,7 +128,6 @@ def measure(precision: str, rewind_point, task, data: Encoded, dev: Encoded, eva
 def candidates(precision: str, rewind_point, task, data: Encoded, dev: Encoded, tc, pad: int, rounds: int) -> None:
     """Each candidate's training throughput over today's step, alternating, back to back."""
     import dogetickets.data.batching as batching
-    import dogetickets.training.loop as loop
 
     tc = tc.model_copy(update={"mixed_precision": precision})
     base_adamw = torch.optim.AdamW
@@ -166,7 +155,6 @@ def candidates(precision: str, rewind_point, task, data: Encoded, dev: Encoded, 
             torch.optim.AdamW = base_adamw  # type: ignore[misc]
             batching.BUCKET_FACTOR = saved_factor
 
-    del loop
     for variant in ("AdamW unfused (before)", "one length bucket per epoch", "torch.compile"):
         ratios = []
         for _ in range(rounds):
@@ -189,9 +177,10 @@ def main() -> None:
         precisions = ["no", "bf16"] if native else ["no"]
     else:
         precisions = [resolve_precision(args.precision)]
-    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
-    print(f"machine: {cpu_name()}, {os.cpu_count()} logical cores ({', '.join(flags)}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; 'auto' precision here = {NAMES[auto]}")
+    m = describe()
+    print(f"machine: {m['cpu'] or platform.machine()}, {m['logical_cores']} logical cores "
+          f"({', '.join(m['cpu_features'])}), torch {m['torch']}, {m['torch_threads']} threads; "
+          f"'auto' precision here = {NAMES[auto]}")
 
     cfg = load_config(ROOT / "configs" / "quickstart.toml", overrides={"data.dir": os.environ.get(
         "DOGE_DATA_DIR", str(ROOT.parent / "shared" / "data" / "dogetickets"))})

@@ -68,3 +68,13 @@ def clear_done(folder: Path) -> None:
     if not is_writer():
         return
     (Path(folder) / DONE).unlink(missing_ok=True)
+
+
+def flat_keys(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as dotted keys ({"train": {"lr": 1e-4}} -> {"train.lr": 1e-4}); an empty table adds no key."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat_keys(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out

@@ -7,11 +7,12 @@ themselves: each returns, batch by batch, the very object the same layer returne
 ran, and only layers k and on are computed, in the physically pruned model (`export_pruned`). The encoder's
 own loop runs unchanged between the layers (attention masks, DeBERTa's convolution after its first layer,
 ...), the batches are the same (whole length-sorted batches), so the predictions are bit-identical to those
-of each pruned model evaluated alone (tests/test_preview.py checks it on every architecture).
+of each pruned model evaluated alone (tests/test_prefix.py checks it on every architecture).
 
-What is kept: every layer's outputs over one pass of the data. Data whose padded hidden states would exceed
-`max_cache_bytes` (per layer, summed over the layers) is evaluated in chunks of whole batches, each chunk
-walking all the tickets.
+What is kept: the outputs of the layers a later ticket will replay, over one pass of the data (in this order
+a ticket shares with any later one at most what it shares with the next, so a ticket records the layers from
+where it starts computing up to that). A lone ticket records nothing. Data whose recorded outputs would exceed
+`max_cache_bytes` is evaluated in chunks of whole batches, each chunk walking all the tickets.
 """
 
 from __future__ import annotations
@@ -51,12 +52,12 @@ def shared_prefix(a: Pattern | None, b: Pattern) -> int:
 
 def _chunks(data: Encoded, batch_size: int, hidden: int, layers: int, max_bytes: int) -> list[np.ndarray]:
     """Example indices in chunks of whole evaluation batches (length-sorted, as `predict` batches them), each
-    chunk's recorded outputs (fp32, padded) within `max_bytes`."""
+    chunk's recorded outputs of `layers` layers (fp32, padded) within `max_bytes`."""
     chunks: list[np.ndarray] = []
     current: list[np.ndarray] = []
     size = 0
     for idx in batch_indices(data.lengths, batch_size, shuffle=False):
-        cost = len(idx) * int(data.lengths[idx].max()) * hidden * 4 * (layers + 1)
+        cost = len(idx) * int(data.lengths[idx].max()) * hidden * 4 * layers
         if current and size + cost > max_bytes:
             chunks.append(np.concatenate(current))
             current, size = [], 0
@@ -68,15 +69,16 @@ def _chunks(data: Encoded, batch_size: int, hidden: int, layers: int, max_bytes:
 
 
 class _Recorder:
-    """Layer `i`'s forward replaced by a replay of `outputs[i]` (for i < depth), or wrapped to record them."""
+    """Layer `i`'s forward replaced by a replay of `outputs[i]` for i < `start`, wrapped to record them for
+    `start` <= i < `keep`; the layers from `keep` on run as they are."""
 
-    def __init__(self, layers: Sequence[torch.nn.Module], outputs: list[list[Any]], depth: int) -> None:
-        self.layers, self.outputs, self.depth = layers, outputs, depth
+    def __init__(self, layers: Sequence[torch.nn.Module], outputs: list[list[Any]], start: int, keep: int) -> None:
+        self.layers, self.outputs, self.start, self.keep = layers, outputs, start, keep
         self.calls = [0] * len(layers)
 
     def __enter__(self) -> _Recorder:
-        for i, layer in enumerate(self.layers):
-            if i < self.depth:
+        for i, layer in enumerate(self.layers[: max(self.start, self.keep)]):
+            if i < self.start:
                 layer.forward = self._replay(i)  # type: ignore[method-assign]
             else:
                 self.outputs[i] = []
@@ -84,7 +86,7 @@ class _Recorder:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for layer in self.layers:
+        for layer in self.layers[: max(self.start, self.keep)]:
             del layer.forward  # the class's forward again
 
     def _replay(self, i: int) -> Callable[..., Any]:
@@ -117,24 +119,25 @@ def evaluate_tickets(
 
     A pruned copy of the model is built for every ticket in every chunk (chunks are rare: data whose recorded
     outputs fit in `max_cache_bytes` is one chunk)."""
-    order = sorted(range(len(tickets)), key=lambda i: layer_patterns(tickets[i]))
     patterns = [layer_patterns(t) for t in tickets]
+    order = sorted(range(len(tickets)), key=patterns.__getitem__)
+    # where each ticket starts computing (what it shares with the one before) and up to where it records
+    starts = [shared_prefix(patterns[a], patterns[b]) for a, b in zip(order, order[1:], strict=False)]
+    start, keep = dict(zip(order, [0, *starts], strict=True)), dict(zip(order, [*starts, 0], strict=True))
     hidden = int(getattr(model.config, "hidden_size", 768))
     n_layers = len(encoder_layers(model))
-    chunks = _chunks(data, batch_size, hidden, n_layers, max_cache_bytes)
+    chunks = _chunks(data, batch_size, hidden, max(starts, default=0), max_cache_bytes)
     preds: list[list] = [[None] * len(data) for _ in tickets]
     for c, idx in enumerate(chunks):
         part = data.subset(idx)
         outputs: list[list[Any]] = [[] for _ in range(n_layers)]
-        previous: Pattern | None = None
         for i in order:
             t = tickets[i]
             pruned = export_pruned(copy.deepcopy(model), t) if t.pruned_params else model
-            with _Recorder(encoder_layers(pruned), outputs, shared_prefix(previous, patterns[i])):
+            with _Recorder(encoder_layers(pruned), outputs, start[i], keep[i]):
                 got = predict(pruned, part)
             for j, p in zip(idx, got, strict=True):
                 preds[i][int(j)] = p
-            previous = patterns[i]
             if advance is not None and c == len(chunks) - 1:
                 advance(1)
     return preds

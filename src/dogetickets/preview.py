@@ -2,9 +2,9 @@
 
 The fine-tuned ERM model of a seed is evaluated with each ticket's units removed, for every configured
 method (doge at every lambda) and every target sparsity of the grid, on in-domain dev: one pass per distinct
-ticket (tickets that prune the same units, e.g. all of them at sparsity 0, are evaluated once), and the
-layers that tickets share (the same units removed from layers 0..k-1) computed once for all of them
-(`prefix.evaluate_tickets`). The model evaluated is the physically pruned copy (`export_pruned`), which
+ticket (tickets that prune the same units, e.g. all of them at sparsity 0, are evaluated once), the layers
+that tickets share (the same units removed from layers 0..k-1) computed once for all of them
+(`run.runs.masked_scores_many`). The model evaluated is the physically pruned copy (`export_pruned`), which
 computes what the masked model computes and is faster the more it prunes. The in-domain dev score is the
 number to read and to choose by; with `test=True` (`doge preview --test`) the test domains are evaluated
 too, in columns kept apart (``test_*``, ``test:<domain>``) and never used to choose.
@@ -26,9 +26,8 @@ from rich.table import Table
 
 from dogetickets import methods as registry
 from dogetickets.errors import DogeError
-from dogetickets.evaluate import metrics, predict
 from dogetickets.io import read_json_or_none, write_json
-from dogetickets.prefix import evaluate_tickets, layer_patterns
+from dogetickets.prefix import layer_patterns
 from dogetickets.run import runs, settings
 from dogetickets.tickets import TicketSpec
 
@@ -105,28 +104,6 @@ def evaluate_ticket(sweep: Sweep, model: torch.nn.Module, ticket: Ticket) -> tup
     return dev, test
 
 
-def evaluate_all(sweep: Sweep, model: torch.nn.Module, tickets: list[Ticket], splits: tuple[str, ...],
-                 advance: Any = None) -> list[list[dict]]:
-    """Metrics of `model` with each ticket's units removed, on each of `splits` (per ticket, in order), as
-    `evaluate_ticket` computes them; the layers tickets share are computed once (`prefix.evaluate_tickets`)."""
-    ctx = sweep.ctx
-    d = ctx.data
-    out: list[list[dict]] = [[] for _ in tickets]
-    for n, split in enumerate(splits):
-        data = getattr(d, split)
-
-        def pred(m: torch.nn.Module, part: Any) -> list:
-            return predict(m, d.task, part, ctx.cfg.train.eval_batch_size, d.pad_id, ctx.device,
-                           autocast=ctx.autocast())
-
-        last = n == len(splits) - 1
-        preds = evaluate_tickets(model, tickets, data, ctx.cfg.train.eval_batch_size, pred,
-                                 advance=advance if last else None)
-        for i, p in enumerate(preds):
-            out[i].append(metrics(d.task, data, p))
-    return out
-
-
 def _seed_rows(sweep: Sweep, seed: int, grid: list[float], test: bool, advance: Any) -> list[dict[str, Any]]:
     """One row per method (x lambda) x sparsity of one seed's fine-tuned model: every distinct ticket (by the
     units it removes) evaluated once, on dev (and on the test domains with `test`)."""
@@ -142,7 +119,7 @@ def _seed_rows(sweep: Sweep, seed: int, grid: list[float], test: bool, advance: 
             distinct[key] = len(tickets)
             tickets.append(ticket)
     advance(len(chosen) - len(tickets))
-    scores = evaluate_all(sweep, model, tickets, ("dev", "test") if test else ("dev",), advance)
+    scores = runs.masked_scores_many(sweep.ctx, model, tickets, ("dev", "test") if test else ("dev",), advance)
     rows = []
     for method, lam, target, ticket in chosen:
         dev, *rest = scores[distinct[layer_patterns(ticket)]]

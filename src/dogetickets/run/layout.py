@@ -30,7 +30,7 @@ from typing import Any
 
 from dogetickets import methods as registry
 from dogetickets.errors import DogeError
-from dogetickets.io import DONE, read_json_or_none
+from dogetickets.io import DONE, flat_keys, read_json_or_none
 
 BASELINE_FOLDERS = tuple(registry.baselines())  # each baseline trains in seed<k>/<its name>
 _SEED_RE = re.compile(r"^seed(\d+)$")
@@ -166,18 +166,9 @@ def intact(path: Path) -> bool:
     return path.suffix != ".json" or read_json_or_none(path) is not None
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def changed_setting(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     """The first dotted setting whose value differs between two settings records, as 'key (a -> b)'."""
-    a, b = _flat(old), _flat(new)
+    a, b = flat_keys(old), flat_keys(new)
     for key in [*b, *(k for k in a if k not in b)]:
         if key not in a:
             return f"{key} (not recorded -> {b[key]!r})"

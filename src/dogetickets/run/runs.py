@@ -12,19 +12,21 @@ The DONE marker is the caller's: a stage writes it last, with its settings.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dogetickets.data.tasks import Encoded
 from dogetickets.errors import DogeError
 from dogetickets.evaluate import metrics, predict, prediction_rows
 from dogetickets.io import atomic_write_text, clear_done, is_writer, read_json, read_json_or_none, write_json
-from dogetickets.models.export import export_pruned, is_pruned
+from dogetickets.models.export import is_pruned
 from dogetickets.models.units import Units
+from dogetickets.prefix import evaluate_tickets
 from dogetickets.run import settings
 from dogetickets.run.context import RunContext
 from dogetickets.tickets import Ticket
@@ -137,11 +139,23 @@ def masked_scores(ctx: RunContext, model: torch.nn.Module, ticket: Ticket,
                   splits: tuple[str, ...] = ("dev", "test")) -> list[dict[str, Any]]:
     """Metrics of `model` with the ticket's units removed (a pruned copy; `model` is untouched), on each of
     `splits`, evaluated as training evaluates dev."""
-    pruned = export_pruned(copy.deepcopy(model), ticket) if ticket.pruned_params else model
-    out = []
-    for split in splits:
-        data = getattr(ctx.data, split)
-        preds = predict(pruned, ctx.data.task, data, ctx.cfg.train.eval_batch_size, ctx.data.pad_id, ctx.device,
-                        autocast=ctx.autocast())
-        out.append(metrics(ctx.data.task, data, preds))
+    return masked_scores_many(ctx, model, [ticket], splits)[0]
+
+
+def masked_scores_many(ctx: RunContext, model: torch.nn.Module, tickets: Sequence[Ticket],
+                       splits: tuple[str, ...] = ("dev", "test"),
+                       advance: Callable[[int], Any] | None = None) -> list[list[dict[str, Any]]]:
+    """`masked_scores` of each ticket (in order), the layers tickets share computed once
+    (`prefix.evaluate_tickets`: the same predictions); `advance(1)` after each ticket's last split."""
+    d, size = ctx.data, ctx.cfg.train.eval_batch_size
+
+    def pred(m: torch.nn.Module, part: Encoded) -> list:
+        return predict(m, d.task, part, size, d.pad_id, ctx.device, autocast=ctx.autocast())
+
+    out: list[list[dict[str, Any]]] = [[] for _ in tickets]
+    for n, split in enumerate(splits):
+        data = getattr(d, split)
+        preds = evaluate_tickets(model, tickets, data, size, pred, advance=advance if n == len(splits) - 1 else None)
+        for i, p in enumerate(preds):
+            out[i].append(metrics(d.task, data, p))
     return out

@@ -343,11 +343,12 @@ class TicketStage(Stage):
 
     def _lambda_by_dev(self, seed: int, spec: TicketSpec) -> Ticket:
         model = self.stages.finetuned_model(seed)
-        dev: dict[float, float] = {}
+        lams = sorted(self.ctx.cfg.tickets.lambdas)
+        candidates = [self.choose(seed, TicketSpec(spec.method, spec.sparsity, lam)) for lam in lams]
+        scores = runs.masked_scores_many(self.ctx, model, candidates, ("dev",))
+        dev: dict[float, float] = {lam: s[0]["score"] for lam, s in zip(lams, scores, strict=True)}
         best: Ticket | None = None
-        for lam in sorted(self.ctx.cfg.tickets.lambdas):
-            ticket = self.choose(seed, TicketSpec(spec.method, spec.sparsity, lam))
-            dev[lam] = runs.masked_scores(self.ctx, model, ticket, ("dev",))[0]["score"]
+        for lam, ticket in zip(lams, candidates, strict=True):
             if best is None or dev[lam] > dev[best.lam]:  # type: ignore[index]
                 best = ticket
         assert best is not None

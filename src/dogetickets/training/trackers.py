@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from dogetickets.errors import DogeError
+from dogetickets.io import flat_keys
 
 # tracker -> the modules that provide it (any one will do), and the dogetickets extra that installs it
 MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
@@ -56,22 +57,12 @@ def check_installed(names: Iterable[str]) -> None:
                             f"pip install 'dogetickets[{name}]'")
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def hyperparameters(config: dict[str, Any], job: str, info: dict[str, Any]) -> dict[str, Scalar]:
     """What a training's tracker run records as parameters: its job, what the run says of it (method, seed,
     objective, sparsity, ...) and the config flattened (train.lr, run.seeds, ...); lists, tables and None as
     JSON text."""
-    values = {"job": job, **_flat({k: v for k, v in info.items() if k != "name"}), **_flat(config)}
+    values = {"job": job, **flat_keys({k: v for k, v in info.items() if k != "name"}),
+              **flat_keys(config)}
     return {k: v if isinstance(v, Scalar) else json.dumps(v) for k, v in values.items()}
 
 
