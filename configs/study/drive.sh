@@ -13,6 +13,12 @@ export DOGE_DATA_DIR=${DOGE_DATA_DIR:-../shared/data/dogetickets}
 STUDY=${DOGE_STUDY_DIR:-../runs/study}
 read -r -a DOGE <<< "${DOGE:-.venv/bin/doge}"
 mkdir -p "$STUDY"
+# The study's configs pin bf16: on a CPU without native bf16 (and no GPU) it would be emulated, several times
+# slower; the driver waits for a machine that has it rather than crawl or mix precisions.
+if ! grep -qE "avx512_bf16|amx_bf16" /proc/cpuinfo && ! command -v nvidia-smi > /dev/null; then
+  echo "$(date -u +%FT%TZ) not started: this CPU has neither avx512_bf16 nor amx_bf16 (the study pins bf16)" >> "$STUDY/drive.log"
+  exit 1
+fi
 while pgrep -f "dogetickets.cli run configs/study|doge run configs/study" > /dev/null; do sleep 20; done  # one at a time
 step() {  # step NAME SEED: one seed of configs/study/NAME.toml
   echo "$(date -u +%FT%TZ) start $1 seed $2" >> "$STUDY/drive.log"
