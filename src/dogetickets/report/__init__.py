@@ -6,7 +6,8 @@ the tables: a summary of the dev-selected differences, the wall time and machine
 (its timing.json, with the machine description under "machine") and the commands that reproduce it all.
 
 The pieces: ``document`` (the report as blocks, rendered to markdown and HTML), ``sections`` (one function
-per section), ``comparisons`` (paired bootstrap, summary, power), ``provenance`` (wall time, machine,
+per section), ``comparisons`` (paired bootstrap, summary, power), ``domain_count`` (Table 4: the same data
+with fewer training domains), ``provenance`` (wall time, machine,
 reproduce), ``diagnostics`` (computation), ``diagnostics_figure`` and ``diagnostics_section``; the data
 from ``collect`` (the runs table), ``select``, ``stats``, ``tables``, ``figures``, ``allocations``, ``paper``.
 """
@@ -53,7 +54,7 @@ def write_report(
     """
     from dogetickets.errors import DogeError
     from dogetickets.io import atomic_write_text
-    from dogetickets.report import comparisons, provenance, sections, training
+    from dogetickets.report import comparisons, domain_count, provenance, sections, training
     from dogetickets.report.collect import dataset_names, load_all
     from dogetickets.report.diagnostics_section import section as diagnostics
     from dogetickets.report.select import select_dev_in_order
@@ -63,26 +64,32 @@ def write_report(
         raise DogeError("no run directory given")
     seeds = None if seeds is None else list(seeds)
     md, folder = _report_paths(run_dirs[0], out)
-    runs = load_all(run_dirs, seeds)
-    names = dataset_names(run_dirs)
+    all_runs = load_all(run_dirs, seeds)
+    all_names = dataset_names(run_dirs)
+    # a domain-count variant (the same data, fewer training domains) goes to Table 4, not among the datasets
+    smaller = domain_count.variants(run_dirs)
+    names = [n for i, n in enumerate(all_names) if i not in smaller]
+    main_dirs = [d for i, d in enumerate(run_dirs) if i not in smaller]
+    runs = all_runs[all_runs["dataset"].isin(names)]
 
     doc = Document(md_dir=md.parent)
-    sections.inputs(doc, title, names, run_dirs, runs, seeds)
+    sections.inputs(doc, title, all_names, run_dirs, all_runs, seeds)
     sections.selection_rule(doc)
     sections.table2(doc, runs, folder)
-    sections.paper_beside_ours(doc, names, run_dirs, runs)
+    sections.paper_beside_ours(doc, names, main_dirs, runs)
     sel = select_dev_in_order(runs)
     sections.dev_selected(doc, sel)
     boot = comparisons.bootstrap(doc, sel, folder, n_boot, seed)
     comparisons.summary(doc, names, sel, runs, boot)
     comparisons.power(doc, boot)
+    domain_count.section(doc, all_names, run_dirs, all_runs, folder, n_boot, seed)
     sections.allocations_compared(doc, runs, folder)
-    provenance.wall_time(doc, names, run_dirs, runs)
+    provenance.wall_time(doc, all_names, run_dirs, all_runs)
     provenance.reproduce(doc, run_dirs, out, n_boot, seed, title, commands, seeds)
-    sections.figures_section(doc, names, run_dirs, runs, folder, seeds)
-    diagnostics(doc, names, run_dirs, folder, seeds)
-    training.section(doc, names, run_dirs, folder, seeds)
-    sections.all_runs(doc, runs)
+    sections.figures_section(doc, names, main_dirs, runs, folder, seeds)
+    diagnostics(doc, names, main_dirs, folder, seeds)
+    training.section(doc, all_names, run_dirs, folder, seeds)
+    sections.all_runs(doc, all_runs)
 
     atomic_write_text(md, doc.markdown())
     atomic_write_text(md.with_suffix(".html"), doc.html(title))
