@@ -64,18 +64,17 @@ def _read(run_dir: Path) -> tuple[str, tuple[str, ...]] | None:
 def families(run_dirs: list[Path]) -> list[Family]:
     """The domain-count families among `run_dirs`: run directories sharing everything but their training
     domains, with nested training domains of different counts (two or more members each)."""
-    read = [_read(Path(d)) for d in run_dirs]
+    read = {i: r for i, d in enumerate(run_dirs) if (r := _read(Path(d))) is not None}
     groups: dict[str, list[int]] = {}
-    for i, r in enumerate(read):
-        if r is not None:
-            groups.setdefault(r[0], []).append(i)
+    for i, (key, _) in read.items():
+        groups.setdefault(key, []).append(i)
     out = []
     for idx in groups.values():
-        idx = sorted(idx, key=lambda i: (-len(read[i][1]), i))  # type: ignore[index]
-        domains = [frozenset(read[i][1]) for i in idx]  # type: ignore[index]
+        idx = sorted(idx, key=lambda i: (-len(read[i][1]), i))
+        domains = [frozenset(read[i][1]) for i in idx]
         nested = all(b < a for a, b in zip(domains, domains[1:], strict=False))  # strict subsets, one chain
         if len(idx) > 1 and nested:
-            out.append(Family(tuple(idx), tuple(tuple(read[i][1]) for i in idx)))  # type: ignore[index]
+            out.append(Family(tuple(idx), tuple(read[i][1] for i in idx)))
     return out
 
 
