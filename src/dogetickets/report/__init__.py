@@ -67,7 +67,8 @@ def write_report(
     all_runs = load_all(run_dirs, seeds)
     all_names = dataset_names(run_dirs)
     # a domain-count variant (the same data, fewer training domains) goes to Table 4, not among the datasets
-    smaller = domain_count.variants(run_dirs)
+    fams = domain_count.families(run_dirs)
+    smaller = {i for f in fams for i in f.members[1:]}
     names = [n for i, n in enumerate(all_names) if i not in smaller]
     main_dirs = [d for i, d in enumerate(run_dirs) if i not in smaller]
     runs = all_runs[all_runs["dataset"].isin(names)]
@@ -82,7 +83,7 @@ def write_report(
     boot = comparisons.bootstrap(doc, sel, folder, n_boot, seed)
     comparisons.summary(doc, names, sel, runs, boot)
     comparisons.power(doc, boot)
-    domain_count.section(doc, all_names, run_dirs, all_runs, folder, n_boot, seed)
+    domain_count.section(doc, all_names, fams, all_runs, folder, n_boot, seed)
     sections.allocations_compared(doc, runs, folder)
     provenance.wall_time(doc, all_names, run_dirs, all_runs)
     provenance.reproduce(doc, run_dirs, out, n_boot, seed, title, commands, seeds)

@@ -78,11 +78,6 @@ def families(run_dirs: list[Path]) -> list[Family]:
     return out
 
 
-def variants(run_dirs: list[Path]) -> set[int]:
-    """Indices of the run directories that are a family's smaller members (left out of Table 2)."""
-    return {i for f in families(run_dirs) for i in f.members[1:]}
-
-
 def _columns(names: list[str], family: Family) -> list[str]:
     return [f"{len(d)} domains ({names[i]})" for i, d in zip(family.members, family.domains, strict=True)]
 
@@ -164,10 +159,10 @@ def _trend(method: str, cmp: pd.DataFrame, family: Family) -> str | None:
             f"{fewest}: a change of {points(r['diff'])} points ({sure}; {verdict}).")
 
 
-def section(doc: Document, names: list[str], run_dirs: list[Path], runs: pd.DataFrame, out: Path,
+def section(doc: Document, names: list[str], fams: list[Family], runs: pd.DataFrame, out: Path,
             n_boot: int, seed: int) -> None:
-    """The Table 4 section for every family among `run_dirs` (nothing without one); table4.csv into `out`."""
-    fams = families(run_dirs)
+    """The Table 4 section for each of `fams` (:func:`families` of the report's run directories, whose names
+    are `names`; nothing without one); table4.csv into `out`."""
     if not fams:
         return
     frames = []
