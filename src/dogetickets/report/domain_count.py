@@ -109,8 +109,11 @@ def comparisons(names: list[str], family: Family, runs: pd.DataFrame, n_boot: in
     sel = select_dev_in_order(sub)
     tickets = [m for m in methods.ordered(set(sel["method"])) if m != BASELINE
                and methods.is_known(m) and methods.get(m).is_ticket]
-    boot = bootstrap_table(sel, comparisons=tuple((m, BASELINE) for m in tickets), n_boot=n_boot, seed=seed)
-    boot = boot[(boot["seed"].astype(str) == "mean") & boot["dataset"].isin(members)]
+    wanted = tuple((m, BASELINE) for m in tickets)
+    # one member at a time: bootstrap_table over all of them would also bootstrap their mean, meaningless here
+    boot = pd.concat([bootstrap_table(sel[sel["dataset"] == m], comparisons=wanted, n_boot=n_boot, seed=seed)
+                      for m in members], ignore_index=True)
+    boot = boot[boot["seed"].astype(str) == "mean"]
     rows: list[dict[str, Any]] = []
     keys = ("diff", "ci_low", "ci_high", "p_value", "ex_ci_low", "ex_ci_high")
     for method in tickets:

@@ -557,7 +557,7 @@ def _over_datasets(groups: list[_Group], n_boot: int, seed: int) -> dict[str, An
     if not groups:
         raise DogeError("bootstrap over datasets: no dataset")
     reps = _replicates(groups, n_boot, seed)
-    n = len({(g.populations[d], i) for g in groups for d, idx in g.keys.items() for i in idx})
+    n = _distinct_examples(groups)
     per_split = float(np.mean([sum(len(v) for v in g.keys.values()) for g in groups]))
     out = _result([o[0::2] - o[1::2] for o, _ in reps], [b[:, 0::2] - b[:, 1::2] for _, b in reps], n, per_split)
     out.update(
@@ -569,6 +569,11 @@ def _over_datasets(groups: list[_Group], n_boot: int, seed: int) -> dict[str, An
 
 
 _SCALED = ("diff", "se", "ci_low", "ci_high", "ex_ci_low", "ex_ci_high", "t_ci_low", "t_ci_high")
+
+
+def _distinct_examples(groups: list[_Group]) -> int:
+    """The test examples of `groups`, a population two groups share counted once."""
+    return len({(g.populations[d], i) for g in groups for d, idx in g.keys.items() for i in idx})
 
 
 def bootstrap_change(
@@ -592,7 +597,7 @@ def bootstrap_change(
     (o1, b1), (o2, b2) = _replicates(groups, n_boot, seed)
     obs = [o1[0::2] - o1[1::2], -(o2[0::2] - o2[1::2])]
     reps = [b1[:, 0::2] - b1[:, 1::2], -(b2[:, 0::2] - b2[:, 1::2])]
-    n = len({(g.populations[d], i) for g in groups for d, idx in g.keys.items() for i in idx})
+    n = _distinct_examples(groups)
     res = two_level(obs, reps, n)
     out = {k: float(v) for k, v in res.items() if k in (*_SCALED, "df", "p_value", "ex_p_value", "t_p_value")}
     for k in _SCALED:
