@@ -155,7 +155,8 @@ sparsities = [0.3]
     # one record per process: the rerun's is added after the first run's, which is kept
     first, again = timing["processes"]
     assert again["total_seconds"] == timing["total_seconds"] and first["total_seconds"] > again["total_seconds"]
-    assert "run" in first["command"] and first["started"] <= again["started"]
+    # recorded as typed again: `python -m dogetickets.cli run ...` is `doge run ...`, not this machine's path
+    assert first["command"] == ["doge", "run", str(cfg), "-q"] and first["started"] <= again["started"]
 
     # the pilot study and Fig. 4 from the fine-tuned model, then the report with every figure
     res = doge("analyze", str(cfg), "-q")

@@ -266,6 +266,17 @@ def test_a_record_from_before_per_process_commits_keeps_the_commit_its_process_w
     assert process_history({"processes": [{"total_seconds": 1.0}]}) == [{"total_seconds": 1.0}]
 
 
+def test_the_recorded_command_is_the_one_a_user_types_again():
+    """timing.json and the report's "Reproduce" name `doge`, however the process was started; any other
+    program's argv is kept as it was."""
+    from dogetickets.run.layout import typed_command
+
+    assert typed_command(["/home/u/.venv/bin/doge", "run", "c.toml"]) == ["doge", "run", "c.toml"]
+    assert typed_command(["/work/src/dogetickets/cli.py", "report", "r"]) == ["doge", "report", "r"]
+    assert typed_command(["/work/other/cli.py", "run"]) == ["/work/other/cli.py", "run"]
+    assert typed_command(["python", "x.py"]) == ["python", "x.py"]
+
+
 def test_a_diverging_sweep_exits_2_naming_its_runs(tmp_path, data_dir):
     cfg = tmp_path / "c.toml"
     cfg.write_text(tiny_run_toml(tmp_path / "run", data_dir, methods='["random", "doge"]'))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dogetickets.io import atomic_write_text, read_json_or_none
+from dogetickets.run.layout import typed_command
 from dogetickets.tickets import Ticket
 
 PIPELINE_TAGS = {"text": "text-classification", "pair": "text-classification", "tagging": "token-classification"}
@@ -94,7 +95,8 @@ def run_info(ticket_path: str | Path, model_dir: str | Path) -> dict[str, Any]:
         return info
     timing = read_json_or_none(root / "timing.json")
     command = timing.get("command") if isinstance(timing, dict) else None
-    info["command"] = command if isinstance(command, list) and command else ["doge", "run", str(root / "config.toml")]
+    info["command"] = (typed_command(command) if isinstance(command, list) and command
+                       else ["doge", "run", str(root / "config.toml")])
     return info
 
 

@@ -17,7 +17,7 @@ from dogetickets import machine, methods
 from dogetickets.io import read_json_or_none
 from dogetickets.report.document import DEFAULT_TITLE, Document
 from dogetickets.results import precision_text, precisions
-from dogetickets.run.layout import RunLayout, process_history
+from dogetickets.run.layout import RunLayout, process_history, typed_command
 
 __all__ = ["commits", "duration", "recorded_command", "reproduce", "training", "wall_time"]
 
@@ -183,7 +183,7 @@ def recorded_command(run_dir: Path) -> str | None:
     if isinstance(cmd, str) and cmd.strip():
         return cmd.strip()
     if isinstance(cmd, list) and cmd and all(isinstance(x, str) for x in cmd):
-        return shlex.join(cmd)
+        return shlex.join(typed_command(cmd))
     cfg = timing.get("config_path")
     if isinstance(cfg, str) and cfg.strip():
         return shlex.join(["doge", "run", cfg.strip(), "--out", str(run_dir)])

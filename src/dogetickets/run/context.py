@@ -27,7 +27,7 @@ from dogetickets.io import atomic_write_text, is_writer, read_json_or_none, set_
 from dogetickets.models.resolve import load_saved, load_tokenizer
 from dogetickets.progress import console
 from dogetickets.run import settings
-from dogetickets.run.layout import RunLayout, RunLock, changed_setting, process_history
+from dogetickets.run.layout import RunLayout, RunLock, changed_setting, process_history, typed_command
 from dogetickets.run.plan import ticket_specs
 from dogetickets.training import trackers
 from dogetickets.training.loop import get_accelerator, resolve_precision
@@ -82,7 +82,7 @@ class ProcessClock:
         total = time.perf_counter() - self.started
         parts = self.outside_parts()
         outside = sum(parts.values())
-        command = ["doge", *sys.argv[1:]] if Path(sys.argv[0]).name == "doge" else list(sys.argv)
+        command = typed_command(sys.argv)
         this = {"started": self.started_at, "total_seconds": total, "outside_model_seconds": outside,
                 "command": command, "ended": ended, "git": self.machine.get("git")}
         share = {"total_seconds": total, "outside_model_seconds": outside,

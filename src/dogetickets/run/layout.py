@@ -214,6 +214,15 @@ class RunLock:
             self._fd = None
 
 
+def typed_command(argv: list[str]) -> list[str]:
+    """The command as a user types it again: `doge ...` whether it ran as the `doge` script or as
+    `python -m dogetickets.cli` (whose argv[0] is the module's file, a path of this machine)."""
+    first = Path(argv[0]) if argv else Path()
+    if first.name == "doge" or (first.name == "cli.py" and first.parent.name == "dogetickets"):
+        return ["doge", *argv[1:]]
+    return list(argv)
+
+
 def process_history(timing: Any) -> list[dict[str, Any]]:
     """The records of the earlier `doge run` processes on a run directory, from its timing.json: its
     "processes" list, or, for a timing.json written before that list, its one process.
