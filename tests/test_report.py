@@ -1086,3 +1086,23 @@ def test_report_puts_the_papers_table2_beside_our_oracle(run_dir: Path, tmp_path
     md = write_report([other], out=tmp_path / "rep2", n_boot=20).read_text()
     assert "nothing to compare with the paper's Table 2" in _section(
         md, "The paper's Table 2 beside ours (optimistic protocol)")
+
+
+def test_report_says_what_each_directorys_data_set_up_changes(run_dir: Path, tmp_path: Path) -> None:
+    """A domain trained on another split, with a carved dev set, and the config's own notes are said beside
+    the directory they belong to (the OntoNotes study trains nw on its dev.json); a plain set-up says nothing."""
+    a, plain = tmp_path / "ontonotes_like", tmp_path / "plain"
+    shutil.copytree(run_dir, a)
+    shutil.copytree(run_dir, plain)
+    _paper_config(plain, *AMAZON_A)
+    _paper_config(a, *AMAZON_A)
+    with (a / "config.toml").open("a") as f:
+        f.write('train_split_overrides = { Gift_Cards = "dev" }\ndev_from_train = { Gift_Cards = 0.1 }\n'
+                'notes = ["Gift_Cards has no train split"]\n')
+    md = write_report([a, plain], out=tmp_path / "rep", n_boot=20).read_text()
+    inputs = md[:md.index("\n## ")].splitlines()  # the list of directories read, under the title
+    (line_a,) = [x for x in inputs if x.startswith(f"- {a.name} ")]
+    (line_plain,) = [x for x in inputs if x.startswith(f"- {plain.name} ")]
+    assert line_a.endswith(". Data: Gift_Cards has no train split; Gift_Cards: trains on its 'dev' split; its dev "
+                           "set is a seeded 10% carved from that training data")
+    assert "Data:" not in line_plain

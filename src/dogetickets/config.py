@@ -109,7 +109,21 @@ class DataConfig(_Section):
     domain_column: str = "domain"
     split_column: str = ""  # file/hf: a column naming train/dev/test; empty = seeded split
     labels: Names = Field(default_factory=list)  # label names in id order; default: inferred
-    notes: list[str] = Field(default_factory=list)  # printed under the results table
+    notes: list[str] = Field(default_factory=list)  # printed under the results table and in the report
+
+    def setup_notes(self) -> list[str]:
+        """The config's notes, then what the data set-up changes for particular training domains: what a
+        reader of a table from this data must be told."""
+        notes = list(self.notes)
+        for dom in self.train_domains:
+            parts = []
+            if dom in self.train_split_overrides:
+                parts.append(f"trains on its '{self.train_split_overrides[dom]}' split")
+            if dom in self.dev_from_train:
+                parts.append(f"its dev set is a seeded {self.dev_from_train[dom]:.0%} carved from that training data")
+            if parts:
+                notes.append(f"{dom}: " + "; ".join(parts))
+        return notes
 
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:

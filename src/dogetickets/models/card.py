@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dogetickets.io import atomic_write_text, read_json_or_none
-from dogetickets.run.layout import typed_command
+from dogetickets.run.layout import RunLayout, typed_command
 from dogetickets.tickets import Ticket
 
 PIPELINE_TAGS = {"text": "text-classification", "pair": "text-classification", "tagging": "token-classification"}
@@ -33,7 +33,7 @@ AUTO_CLASSES = {"text": "AutoModelForSequenceClassification", "pair": "AutoModel
 def _run_root(folder: Path) -> Path | None:
     """The run directory holding `folder` (<out>/seed<k>/rewind/<name>/ or <out>/seed<k>/tickets/)."""
     for candidate in [folder, *folder.parents][:4]:
-        if (candidate / "config.toml").is_file():
+        if RunLayout(candidate).config.is_file():
             return candidate
     return None
 
@@ -73,8 +73,9 @@ def run_info(ticket_path: str | Path, model_dir: str | Path) -> dict[str, Any]:
     if root is None:
         return info
     info["run_dir"] = str(root)
+    layout = RunLayout(root)
     try:
-        cfg = tomllib.loads((root / "config.toml").read_text(encoding="utf-8"))
+        cfg = tomllib.loads(layout.config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         cfg = {}
     model, data = cfg.get("model") or {}, cfg.get("data") or {}
@@ -91,12 +92,12 @@ def run_info(ticket_path: str | Path, model_dir: str | Path) -> dict[str, Any]:
     external = _external_model(ticket_path)
     if external is not None:  # `doge prune CONFIG --finetuned DIR`: a ticket of a model fine-tuned elsewhere
         info["finetuned"] = external
-        info["command"] = ["doge", "prune", str(root / "config.toml"), "--finetuned", external]
+        info["command"] = ["doge", "prune", str(layout.config), "--finetuned", external]
         return info
-    timing = read_json_or_none(root / "timing.json")
+    timing = read_json_or_none(layout.timing)
     command = timing.get("command") if isinstance(timing, dict) else None
     info["command"] = (typed_command(command) if isinstance(command, list) and command
-                       else ["doge", "run", str(root / "config.toml")])
+                       else ["doge", "run", str(layout.config)])
     return info
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from dogetickets import methods as registry
+from dogetickets.config import config_from_dict
 from dogetickets.errors import DogeError
 from dogetickets.io import is_done, read_json
 from dogetickets.run.layout import BASELINE_FOLDERS, RunLayout
@@ -80,12 +81,30 @@ def finished_run_dirs(run_dir: Path, seeds: Iterable[int] | None = None) -> Iter
                 yield seed, folder
 
 
+def run_config(run_dir: Path) -> dict[str, Any] | None:
+    """The run directory's resolved config (config.toml) as parsed TOML, or None when it has no readable one."""
+    try:
+        raw = tomllib.loads(RunLayout(run_dir).config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def setup_notes(run_dir: Path) -> list[str]:
+    """What the run directory's data set-up tells a reader of its tables (`DataConfig.setup_notes`: the
+    config's notes, domains trained on another split or with a carved dev set); none without a valid config."""
+    raw = run_config(run_dir)
+    try:
+        return config_from_dict(raw).data.setup_notes() if raw is not None else []
+    except DogeError:
+        return []
+
+
 def _test_domains(run_dir: Path) -> list[str] | None:
     """The test domains the run directory's config names, or None when it has no readable config."""
     try:
-        raw = tomllib.loads((Path(run_dir) / "config.toml").read_text(encoding="utf-8"))
-        return list(raw["data"]["test_domains"])
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        return list((run_config(run_dir) or {})["data"]["test_domains"])
+    except (KeyError, TypeError):
         return None
 
 

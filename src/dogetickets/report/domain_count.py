@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import pandas as pd
 
 from dogetickets import methods
 from dogetickets.io import atomic_write_text
-from dogetickets.report.collect import metric_label
+from dogetickets.report.collect import metric_label, run_config
 from dogetickets.report.document import Document
 from dogetickets.report.select import select_dev_in_order, with_test
 from dogetickets.report.stats import bootstrap_change, bootstrap_table
@@ -50,11 +49,13 @@ class Family:
 def _read(run_dir: Path) -> tuple[str, tuple[str, ...]] | None:
     """(what a variant must share, as a key; the training domains) of a run directory, None without a
     readable config."""
+    raw = run_config(run_dir)
+    if raw is None:
+        return None
     try:
-        raw = tomllib.loads((Path(run_dir) / "config.toml").read_text(encoding="utf-8"))
         data = dict(raw["data"])
         train = tuple(str(d) for d in data["train_domains"])
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return None
     shared = {"data": {k: v for k, v in data.items() if k not in _IGNORED_DATA_KEYS},
               **{s: raw.get(s, {}) for s in _SHARED_SECTIONS}}

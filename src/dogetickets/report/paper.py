@@ -13,10 +13,10 @@ compared as sets of names with case and punctuation ignored), not by its folder 
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from dogetickets.report.collect import run_config
 
 
 @dataclass(frozen=True)
@@ -82,17 +82,9 @@ def score(method: str, dataset: str) -> float | None:
     return TABLE2.get(methods.base(method), {}).get(dataset)
 
 
-def _config(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        raw = tomllib.loads((Path(run_dir) / "config.toml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return None
-    return raw if isinstance(raw, dict) else None
-
-
 def identify(run_dir: Path) -> PaperDataset | None:
     """The paper's dataset this run directory is (by its config's training and test domains), or None."""
-    raw = _config(run_dir)
+    raw = run_config(run_dir)
     data = raw.get("data") if raw else None
     if not isinstance(data, dict):
         return None
@@ -110,7 +102,7 @@ def identify(run_dir: Path) -> PaperDataset | None:
 
 def differences(run_dir: Path, dataset: PaperDataset) -> list[str]:
     """How a run directory's setup departs from the paper's (model, training data per domain), as phrases."""
-    raw = _config(run_dir) or {}
+    raw = run_config(run_dir) or {}
     out = []
     model = (raw.get("model") or {}).get("name")
     if model and model != PAPER_MODEL:

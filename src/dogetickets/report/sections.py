@@ -15,7 +15,7 @@ import pandas as pd
 
 from dogetickets.io import atomic_write_text
 from dogetickets.report import allocations, figures, paper, tables
-from dogetickets.report.collect import load_scores, metric_label
+from dogetickets.report.collect import load_scores, metric_label, setup_notes
 from dogetickets.report.document import Document
 from dogetickets.report.select import SELECTION_RULE
 from dogetickets.report.tables import percent
@@ -34,15 +34,18 @@ __all__ = [
 
 def inputs(doc: Document, title: str, names: list[str], run_dirs: list[Path], runs: pd.DataFrame,
            seeds: list[int] | None) -> None:
-    """The title, then each run directory read: its finished runs per method and its seeds."""
+    """The title, then each run directory read: its finished runs per method, its seeds and what its data
+    set-up tells a reader (its config's data.notes, domains trained on another split or with a carved dev)."""
     doc.h(1, title)
     lines = []
     for name, d in zip(names, run_dirs, strict=True):
         sub = runs[runs["dataset"] == name]
         per = ", ".join(f"{m} {n}" for m, n in sub.groupby("method", sort=False).size().items())
         metric = metric_label(str(sub["metric"].iloc[0]))
+        notes = setup_notes(d)
         lines.append(
             f"{name} ({metric}): {d} — {len(sub)} finished runs ({per}); seeds {sorted(set(sub['seed']))}"
+            + (f". Data: {'; '.join(notes)}" if notes else "")
         )
     doc.items(lines)
     if seeds is not None:

@@ -212,7 +212,7 @@ class Sweep:
         wanted = settings.evaluation(self.cfg)
         folders = [folder for folder in (self.folder(job) for job in self.plan() if job.is_run)
                    if is_done(folder) and runs.evaluated_on(folder) == wanted]
-        notes = config_notes(self.cfg)
+        notes = self.cfg.data.setup_notes()
         if "irm" in self.cfg.run.baselines and self.cfg.irm.penalty_weights:
             choice = self.stages.irm_penalty()
             notes += [irm_note(choice, self.cfg.irm.anneal_steps)] if choice is not None else []
@@ -240,18 +240,3 @@ def irm_note(choice: dict[str, Any], anneal_steps: int) -> str:
     grid = ", ".join(f"{w} ({100 * s:.1f})" for w, s in choice["dev_score"].items())
     return (f"IRM: penalty weight {choice['chosen']:g} (annealed in over {anneal_steps} steps), chosen on seed "
             f"{choice['seed']}'s in-domain dev score among {grid}")
-
-
-def config_notes(cfg: Config) -> list[str]:
-    """The config's notes, then what the data set-up changes for particular domains (for the table)."""
-    d = cfg.data
-    notes = list(d.notes)
-    for dom in d.train_domains:
-        parts = []
-        if dom in d.train_split_overrides:
-            parts.append(f"trains on its '{d.train_split_overrides[dom]}' split")
-        if dom in d.dev_from_train:
-            parts.append(f"its dev set is a seeded {d.dev_from_train[dom]:.0%} carved from that training data")
-        if parts:
-            notes.append(f"{dom}: " + "; ".join(parts))
-    return notes
