@@ -12,13 +12,12 @@ model_dir)` gathers that from a run directory (what `doge export` uses).
 from __future__ import annotations
 
 import shlex
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from dogetickets.io import atomic_write_text, read_json_or_none
-from dogetickets.run.layout import RunLayout, typed_command
+from dogetickets.run.layout import RunLayout, run_config, typed_command
 from dogetickets.tickets import Ticket
 
 PIPELINE_TAGS = {"text": "text-classification", "pair": "text-classification", "tagging": "token-classification"}
@@ -74,10 +73,7 @@ def run_info(ticket_path: str | Path, model_dir: str | Path) -> dict[str, Any]:
         return info
     info["run_dir"] = str(root)
     layout = RunLayout(root)
-    try:
-        cfg = tomllib.loads(layout.config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        cfg = {}
+    cfg = run_config(root) or {}
     model, data = cfg.get("model") or {}, cfg.get("data") or {}
     if isinstance(model.get("name"), str):
         info["model_name"] = model["name"]

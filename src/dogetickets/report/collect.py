@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from dogetickets import methods as registry
 from dogetickets.config import config_from_dict
 from dogetickets.errors import DogeError
 from dogetickets.io import is_done, read_json
-from dogetickets.run.layout import BASELINE_FOLDERS, RunLayout
+from dogetickets.run.layout import BASELINE_FOLDERS, RunLayout, run_config
 
 METRIC_LABELS = {"accuracy": "Acc", "entity_f1": "F1"}
 
@@ -79,15 +78,6 @@ def finished_run_dirs(run_dir: Path, seeds: Iterable[int] | None = None) -> Iter
         for folder in layout.run_folders(seed):
             if is_done(folder) and (folder / "metrics.json").is_file() and _on_domains(folder, wanted):
                 yield seed, folder
-
-
-def run_config(run_dir: Path) -> dict[str, Any] | None:
-    """The run directory's resolved config (config.toml) as parsed TOML, or None when it has no readable one."""
-    try:
-        raw = tomllib.loads(RunLayout(run_dir).config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return None
-    return raw if isinstance(raw, dict) else None
 
 
 def setup_notes(run_dir: Path) -> list[str]:

@@ -26,11 +26,12 @@ import pandas as pd
 
 from dogetickets import methods
 from dogetickets.io import atomic_write_text
-from dogetickets.report.collect import metric_label, run_config
+from dogetickets.report.collect import metric_label
 from dogetickets.report.document import Document
 from dogetickets.report.select import select_dev_in_order, with_test
 from dogetickets.report.stats import bootstrap_change, bootstrap_table
 from dogetickets.report.tables import fmt_mean_std, mean_std, p_value, points
+from dogetickets.run.layout import run_config
 
 _IGNORED_DATA_KEYS = ("train_domains", "notes")  # what a domain-count variant may change in [data]
 _SHARED_SECTIONS = ("model", "train")  # what it must share besides the rest of [data]

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dogetickets.report.collect import run_config
+from dogetickets.run.layout import run_config
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import re
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +213,15 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
+
+
+def run_config(run_dir: Path) -> dict[str, Any] | None:
+    """A run directory's resolved config (config.toml) as parsed TOML, or None when it has no readable one."""
+    try:
+        raw = tomllib.loads(RunLayout(Path(run_dir)).config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    return raw if isinstance(raw, dict) else None
 
 
 def typed_command(argv: list[str]) -> list[str]:
