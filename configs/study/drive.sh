@@ -14,10 +14,11 @@ cd "$(dirname "$0")/../.."
 export DOGE_DATA_DIR=${DOGE_DATA_DIR:-../shared/data/dogetickets}
 STUDY=${DOGE_STUDY_DIR:-../runs/study}
 read -r -a DOGE <<< "${DOGE:-.venv/bin/doge}"
-NAMES=(mnli ontonotes amazon_a amazon_b amazon_c mnli-4 mnli-3)  # Table 2's five datasets, then Table 4's variants
+NAMES=(mnli ontonotes amazon_a amazon_b amazon_c mnli-4 mnli-3)  # the run order: Table 2's five datasets, then Table 4's
 if [ "${1:-}" = report ]; then  # configs/study/drive.sh report [doge report options, e.g. --seeds 0]: docs/study.md
   shift
-  dirs=(); for name in "${NAMES[@]}"; do [ -d "$STUDY/$name" ] && dirs+=("$STUDY/$name"); done
+  dirs=()  # in the paper's column order: Amazon A, B, C, MNLI, OntoNotes (then Table 4's MNLI variants)
+  for name in amazon_a amazon_b amazon_c mnli ontonotes mnli-4 mnli-3; do [ -d "$STUDY/$name" ] && dirs+=("$STUDY/$name"); done
   exec "${DOGE[@]}" report "${dirs[@]}" --out docs/study.md --title "Does it work? The doge tickets study" \
     --command "./scripts/setup.sh" \
     --command "nohup configs/study/drive.sh > /dev/null 2>&1 &   # every dataset and seed, in the background; rerun to resume" \
