@@ -921,6 +921,30 @@ def test_allocations_compared_on_the_cells_every_allocation_has(tmp_path: Path) 
     assert (tmp_path / "rep" / "allocations.csv").is_file()
 
 
+def test_a_report_written_again_removes_only_the_files_its_last_one_wrote(run_dir: Path, tmp_path: Path) -> None:
+    """Rewriting a report where a section no longer applies (the allocations compared) leaves none of its
+    files behind (they would pass for current results); files the report did not write stay, and the
+    manifest lists exactly what the report wrote."""
+    from dogetickets.report import MANIFEST
+
+    out = tmp_path / "docs" / "study.md"
+    md = write_report([_alloc_run_dir(tmp_path / "alloc")], out=out, n_boot=20)
+    folder = md.with_suffix("")
+    first = set(json.loads((folder / MANIFEST).read_text())["files"])
+    assert "allocations.csv" in first and "table2.csv" in first
+    assert first == {p.name for p in folder.iterdir() if p.name != MANIFEST}  # every file it wrote, no more
+    (folder / "my-notes.txt").write_text("mine")  # the user's, beside the report
+    (tmp_path / "docs" / "outside.txt").write_text("not the report's")
+    (folder / MANIFEST).write_text(json.dumps({"files": [*first, "../outside.txt", "my-notes.txt/.."]}))
+
+    write_report([run_dir], out=out, n_boot=20)
+    second = set(json.loads((folder / MANIFEST).read_text())["files"])
+    assert "allocations.csv" not in second and not (folder / "allocations.csv").exists()
+    assert second and all((folder / n).is_file() for n in second)
+    assert {p.name for p in folder.iterdir()} == second | {MANIFEST, "my-notes.txt"}
+    assert (tmp_path / "docs" / "outside.txt").read_text() == "not the report's"
+    assert "Ticket allocations compared" not in md.read_text()
+
 def test_no_allocation_section_without_allocation_variants(report: Path) -> None:
     assert "Ticket allocations compared" not in report.read_text()
 

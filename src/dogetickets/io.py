@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 DONE = "DONE"
 _writer = [True]  # False on the non-main processes of a multi-process (Accelerate) run
+_recording: ContextVar[set[Path] | None] = ContextVar("_recording", default=None)
 
 
 def set_writer(is_writer: bool) -> None:
@@ -37,6 +41,29 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _record(path)
+
+
+def atomic_replace(tmp: Path, path: Path) -> None:
+    """Rename a finished temporary file (a figure saved beside `path`) over `path`."""
+    Path(tmp).replace(path)
+    _record(Path(path))
+
+
+@contextmanager
+def recording_writes() -> Iterator[set[Path]]:
+    """The paths that `atomic_write_text` and `atomic_replace` write within the block (a report's own files)."""
+    written: set[Path] = set()
+    token = _recording.set(written)
+    try:
+        yield written
+    finally:
+        _recording.reset(token)
+
+
+def _record(path: Path) -> None:
+    if (written := _recording.get()) is not None:
+        written.add(path)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -4,6 +4,9 @@
 runs.csv, bootstrap.csv, one per figure) and the figures, into the first run directory by default. Beside
 the tables: a summary of the dev-selected differences, the wall time and machine of each run directory
 (its timing.json, with the machine description under "machine") and the commands that reproduce it all.
+A report written again into the same place removes the files the last one wrote there and this one did not
+(a figure of a dataset no longer given, a section's CSV that no longer applies): report-files.json lists
+them; no other file is touched.
 
 The pieces: ``document`` (the report as blocks, rendered to markdown and HTML), ``sections`` (one function
 per section), ``comparisons`` (paired bootstrap, summary, power), ``domain_count`` (Table 4: the same data
@@ -19,7 +22,9 @@ from pathlib import Path
 
 from dogetickets.report.document import DEFAULT_TITLE, Document
 
-__all__ = ["DEFAULT_TITLE", "Document", "write_report"]
+__all__ = ["DEFAULT_TITLE", "MANIFEST", "Document", "write_report"]
+
+MANIFEST = "report-files.json"  # in the report's folder: the files (relative to it) the last report wrote
 
 
 def _report_paths(first_run_dir: Path, out: Path | None) -> tuple[Path, Path]:
@@ -53,7 +58,7 @@ def write_report(
     path of report.md. A DogeError (one line) when a directory is missing or has no finished run.
     """
     from dogetickets.errors import DogeError
-    from dogetickets.io import atomic_write_text
+    from dogetickets.io import atomic_write_text, recording_writes
     from dogetickets.report import comparisons, domain_count, provenance, sections, training
     from dogetickets.report.collect import dataset_names, load_all
     from dogetickets.report.diagnostics_section import section as diagnostics
@@ -73,25 +78,45 @@ def write_report(
     main_dirs = [d for i, d in enumerate(run_dirs) if i not in smaller]
     runs = all_runs[all_runs["dataset"].isin(names)]
 
-    doc = Document(md_dir=md.parent)
-    sections.inputs(doc, title, all_names, run_dirs, all_runs, seeds)
-    sections.selection_rule(doc)
-    sections.table2(doc, runs, folder)
-    sections.paper_beside_ours(doc, names, main_dirs, runs)
-    sel = select_dev_in_order(runs)
-    sections.dev_selected(doc, sel)
-    boot = comparisons.bootstrap(doc, sel, folder, n_boot, seed)
-    comparisons.summary(doc, names, sel, runs, boot)
-    comparisons.power(doc, boot)
-    domain_count.section(doc, all_names, fams, all_runs, folder, n_boot, seed)
-    sections.allocations_compared(doc, runs, folder)
-    provenance.wall_time(doc, all_names, run_dirs, all_runs)
-    provenance.reproduce(doc, run_dirs, out, n_boot, seed, title, commands, seeds)
-    sections.figures_section(doc, names, main_dirs, runs, folder, seeds)
-    diagnostics(doc, names, main_dirs, folder, seeds)
-    training.section(doc, all_names, run_dirs, folder, seeds)
-    sections.all_runs(doc, all_runs)
+    with recording_writes() as written:
+        doc = Document(md_dir=md.parent)
+        sections.inputs(doc, title, all_names, run_dirs, all_runs, seeds)
+        sections.selection_rule(doc)
+        sections.table2(doc, runs, folder)
+        sections.paper_beside_ours(doc, names, main_dirs, runs)
+        sel = select_dev_in_order(runs)
+        sections.dev_selected(doc, sel)
+        boot = comparisons.bootstrap(doc, sel, folder, n_boot, seed)
+        comparisons.summary(doc, names, sel, runs, boot)
+        comparisons.power(doc, boot)
+        domain_count.section(doc, all_names, fams, all_runs, folder, n_boot, seed)
+        sections.allocations_compared(doc, runs, folder)
+        provenance.wall_time(doc, all_names, run_dirs, all_runs)
+        provenance.reproduce(doc, run_dirs, out, n_boot, seed, title, commands, seeds)
+        sections.figures_section(doc, names, main_dirs, runs, folder, seeds)
+        diagnostics(doc, names, main_dirs, folder, seeds)
+        training.section(doc, all_names, run_dirs, folder, seeds)
+        sections.all_runs(doc, all_runs)
 
-    atomic_write_text(md, doc.markdown())
-    atomic_write_text(md.with_suffix(".html"), doc.html(title))
+        atomic_write_text(md, doc.markdown())
+        atomic_write_text(md.with_suffix(".html"), doc.html(title))
+    _remove_stale(folder, written)
     return md
+
+
+def _remove_stale(folder: Path, written: set[Path]) -> None:
+    """Remove the files of `folder` that the last report listed in its manifest and this one did not write,
+    then list this one's. Only names inside `folder` are acted on (a damaged manifest touches nothing else)."""
+    from dogetickets.io import is_writer, read_json_or_none, write_json
+
+    if not is_writer():
+        return
+    root = folder.resolve()
+    mine = sorted({p.resolve().relative_to(root).as_posix() for p in written if p.resolve().is_relative_to(root)})
+    last = read_json_or_none(folder / MANIFEST)
+    names = last.get("files", []) if isinstance(last, dict) else []
+    for name in set(names if isinstance(names, list) else []) - set(mine) - {MANIFEST}:
+        path = (root / str(name)).resolve()
+        if path.is_relative_to(root) and path != root and path.is_file():
+            path.unlink()
+    write_json(folder / MANIFEST, {"written_by": "doge report", "files": mine})

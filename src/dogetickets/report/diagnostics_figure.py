@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from dogetickets import methods
-from dogetickets.io import atomic_write_text
+from dogetickets.io import atomic_replace, atomic_write_text
 from dogetickets.report.diagnostics import curve_label
 
 __all__ = ["DPI", "plot_diagnostics"]
@@ -112,5 +112,5 @@ def plot_diagnostics(overlap: pd.DataFrame, units: pd.DataFrame, out_png: Path |
     fig.tight_layout()
     fig.savefig(tmp, dpi=DPI, bbox_inches="tight", bbox_extra_artists=extra)
     plt.close(fig)
-    tmp.replace(out_png)
+    atomic_replace(tmp, out_png)
     return out_png

@@ -34,7 +34,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from dogetickets import methods as registry  # noqa: E402
 from dogetickets.errors import DogeError  # noqa: E402
-from dogetickets.io import atomic_write_text  # noqa: E402
+from dogetickets.io import atomic_replace, atomic_write_text  # noqa: E402
 from dogetickets.report.select import select_dev  # noqa: E402
 
 DPI = 150
@@ -48,7 +48,7 @@ def _save(fig: Any, png: Path, table: pd.DataFrame) -> Path:
     tmp = png.with_name(f".{png.stem}.tmp.png")
     fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(png)
+    atomic_replace(tmp, png)
     return png
 
 
