@@ -449,6 +449,27 @@ def test_transitions_legend_sits_under_the_panels_once(
     assert all(top <= ax.get_window_extent().y0 for ax in axes)
 
 
+def test_transitions_keep_coinciding_curves_apart(
+    runs: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """doge-nc choosing doge's very tickets gives the same curve: both stay visible (their own markers, the
+    later drawn inside the earlier); every panel has the same sparsity axis, a dataset with no ticket yet too."""
+    from dogetickets.report import figures
+
+    same = runs[runs["method"] == "doge"].assign(method="doge-nc")
+    only_erm = runs[runs["method"] == "erm"].assign(dataset="running")
+    seen = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, png, table: (seen.append(fig), save(fig, png, table))[1])
+    figures.plot_transitions(pd.concat([runs, same, only_erm], ignore_index=True), tmp_path)
+    full, running = seen[0].get_axes()
+    curves = {line.get_label(): line for line in full.get_lines() if line.get_marker() not in (None, "None", "")}
+    doge, nc = curves["doge tickets (dev-chosen λ)"], curves["doge tickets (noise-corrected var.) (dev-chosen λ)"]
+    assert list(doge.get_ydata()) == list(nc.get_ydata())
+    assert nc.get_linewidth() < doge.get_linewidth() and nc.get_markersize() < doge.get_markersize()
+    assert len({line.get_marker() for line in curves.values()}) == len(curves) == 4
+    assert running.get_lines() and running.get_xlim() == full.get_xlim() == pytest.approx((9.0, 31.0))
+
 def test_figures_and_csvs(runs: pd.DataFrame, tmp_path: Path) -> None:
     png = plot_transitions(runs, tmp_path)
     assert png is not None and png.stat().st_size > 1000

@@ -1,6 +1,6 @@
 """The method registry: every method of a comparison, in one place.
 
-A method is a name (as written in configs, run directories and tables), a label, a colour and line
+A method is a name (as written in configs, run directories and tables), a label, a colour, marker and line
 style for figures, and, for a ticket method, how its units are ranked and how the pruned parameters are
 split between heads and FFN blocks. Config validation, the pipeline, the ticket stage, the results table,
 the report's tables, figures and statistics all read this registry, so a variant is one entry:
@@ -49,6 +49,7 @@ class Method:
     variance: str | None = None  # ranking "domain_general": VARIANCES; None: the run's tickets.variance
     allocation: str | None = None  # None: the run's tickets.allocation
     description: str = ""
+    marker: str = "o"  # matplotlib marker: each ticket method its own, so curves that coincide stay apart
 
     @property
     def is_ticket(self) -> bool:
@@ -102,16 +103,17 @@ def register(method: Method) -> Method:
 register(Method("erm", "ERM (fine-tuning)", "black", "baseline", description="plain fine-tuning"))
 register(Method("irm", "IRM", "tab:gray", "baseline", description="invariant risk minimization"))
 register(Method("random", "random tickets", "tab:green", "ticket", "random",
-                description="random units at the same sparsity"))
+                description="random units at the same sparsity", marker="o"))
 register(Method("winning", "winning tickets", "tab:blue", "ticket", "pooled",
-                description="expressive score on all training data pooled"))
+                description="expressive score on all training data pooled", marker="s"))
 register(Method("doge", "doge tickets", "tab:red", "ticket", "domain_general",
-                description="mean over domains - lambda * variance over domains (the paper)"))
+                description="mean over domains - lambda * variance over domains (the paper)", marker="D"))
 register(Method("doge-nc", "doge tickets (noise-corrected var.)", "tab:purple", "ticket", "domain_general",
                 variance="corrected",
-                description="mean - lambda * (variance of the domain means - their mean sampling variance, >= 0)"))
+                description="mean - lambda * (variance of the domain means - their mean sampling variance, >= 0)",
+                marker="v"))
 register(Method("doge-worst", "worst-domain tickets", "tab:brown", "ticket", "worst",
-                description="the lowest training domain's expressive score"))
+                description="the lowest training domain's expressive score", marker="^"))
 
 
 if tuple(_REGISTERED[n].name for n in _REGISTERED if not _REGISTERED[n].is_ticket) != get_args(BaselineName):
@@ -180,6 +182,10 @@ def color(name: str, fallback: str = "tab:olive") -> str:
 
 def linestyle(name: str) -> str:
     return get(name).linestyle if is_known(name) else "-"
+
+
+def marker(name: str) -> str:
+    return get(name).marker if is_known(name) else "o"
 
 
 def ordered(names: object) -> list[str]:

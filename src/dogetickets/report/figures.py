@@ -120,13 +120,13 @@ def plot_transitions(runs: pd.DataFrame, out: Path) -> Path | None:
     if data.empty:
         return None
     datasets = list(dict.fromkeys(data["dataset"]))
+    ticket_x = 100 * data.loc[[_is_ticket(m) for m in data["method"]], "target_sparsity"]
     fig, axes = _panels(len(datasets), 5.5, 4)
     for ax, ds in zip(axes, datasets, strict=True):
         d = data[data["dataset"] == ds]
         baselines = [m for m in registry.ordered(d["method"]) if not _is_ticket(m)]
-        for method in registry.ordered(d["method"]):
-            if method in baselines:
-                continue
+        tickets = [m for m in registry.ordered(d["method"]) if m not in baselines]
+        for k, method in enumerate(tickets):
             m = d[d["method"] == method].sort_values("target_sparsity")
             x = 100 * m["target_sparsity"].to_numpy()
             y = 100 * m["test_mean"].to_numpy()
@@ -134,8 +134,15 @@ def plot_transitions(runs: pd.DataFrame, out: Path) -> Path | None:
             lam = registry.is_known(method) and registry.get(method).uses_lambda
             label = registry.label(method) + (" (dev-chosen λ)" if lam else "")
             color = registry.color(method)
-            ax.plot(x, y, marker="o", color=color, linestyle=registry.linestyle(method), label=label)
+            # each curve drawn thinner than the one before, with its own marker: where two methods give the
+            # same numbers (doge and doge-nc at the same ticket) both stay visible, one inside the other
+            ax.plot(x, y, marker=registry.marker(method), markersize=max(3.0, 8.0 - 1.5 * k),
+                    linewidth=max(0.8, 2.4 - 0.5 * k), color=color, linestyle=registry.linestyle(method),
+                    label=label)
             ax.fill_between(x, y - s, y + s, color=color, alpha=0.15, linewidth=0)
+        if len(ticket_x):  # one sparsity axis for every panel (a dataset a running study has not finished too)
+            pad = max(1.0, 0.05 * (ticket_x.max() - ticket_x.min()))
+            ax.set_xlim(ticket_x.min() - pad, ticket_x.max() + pad)
         for base, style in zip(baselines, ("--", ":", "-.", (0, (1, 3))), strict=False):
             b = d[d["method"] == base]
             y, s = 100 * b["test_mean"].iloc[0], 100 * b["test_std"].fillna(0).iloc[0]
