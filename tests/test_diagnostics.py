@@ -278,6 +278,25 @@ def test_overlap_legend_sits_under_its_panel(tmp_path: Path, monkeypatch: pytest
     assert legend.get_window_extent().y1 <= overlap.get_window_extent().y0  # off the curves
 
 
+def test_overlap_curves_that_coincide_both_stay_visible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """doge-nc with doge's very tickets has doge's Jaccard curve: drawn inside it (thinner), not over it."""
+    run = _full_run(tmp_path)
+    import matplotlib.pyplot as plt
+
+    overlap = diagnostics.ticket_overlap(run)
+    doge = overlap[overlap["method"] == "doge"]
+    assert not doge.empty
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    same = pd.concat([overlap[overlap["method"] != "doge-nc"], doge.assign(method="doge-nc")])
+    plot_diagnostics(same, diagnostics.unit_table(run),
+                     tmp_path / "d.png")
+    lines = [c.lines[0] for c in closed[0].get_axes()[0].containers]  # each curve's data line (no caps)
+    pairs = [(a, b) for i, a in enumerate(lines) for b in lines[i + 1:]
+             if list(a.get_ydata()) == list(b.get_ydata()) and list(a.get_xdata()) == list(b.get_xdata())]
+    assert pairs and all(b.get_linewidth() < a.get_linewidth() and b.get_markersize() < a.get_markersize()
+                         for a, b in pairs)
+
 def test_section_without_data(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     (empty / "seed0").mkdir(parents=True)

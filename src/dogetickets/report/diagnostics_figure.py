@@ -15,6 +15,7 @@ import pandas as pd
 from dogetickets import methods
 from dogetickets.io import atomic_replace, atomic_write_text
 from dogetickets.report.diagnostics import curve_label
+from dogetickets.report.figures import nested
 
 __all__ = ["DPI", "plot_diagnostics"]
 
@@ -29,7 +30,8 @@ def _overlap_panel(ax: Any, overlap: pd.DataFrame) -> Any:
         ["method", "_l", "allocation"], sort=False)
     markers = "osD^vP*X"
     seen: dict[str, int] = {}
-    for (method, _, alloc), g in sorted(groups, key=lambda kv: (methods.order_key(kv[0][0]), kv[0][1], kv[0][2])):
+    ordered = sorted(groups, key=lambda kv: (methods.order_key(kv[0][0]), kv[0][1], kv[0][2]))
+    for k, ((method, _, alloc), g) in enumerate(ordered):
         lam = float(g["lambda"].iloc[0])
         i = seen.setdefault(method, 0)
         seen[method] += 1
@@ -39,7 +41,7 @@ def _overlap_panel(ax: Any, overlap: pd.DataFrame) -> Any:
         err = np.vstack([y - agg["min"].to_numpy(), agg["max"].to_numpy() - y])
         ax.errorbar(x, y, yerr=err, marker=markers[i % len(markers)], capsize=3, color=methods.color(method),
                     linestyle=methods.linestyle(method) if methods.get(method).ranking != "random" else ":",
-                    label=curve_label(method, lam, alloc, show_alloc))
+                    label=curve_label(method, lam, alloc, show_alloc), **nested(k))
     ax.set_xlabel("target sparsity (%)")
     ax.set_ylabel("Jaccard with the winning ticket (pruned units)")
     ax.set_ylim(-0.02, 1.02)

@@ -134,11 +134,8 @@ def plot_transitions(runs: pd.DataFrame, out: Path) -> Path | None:
             lam = registry.is_known(method) and registry.get(method).uses_lambda
             label = registry.label(method) + (" (dev-chosen λ)" if lam else "")
             color = registry.color(method)
-            # each curve drawn thinner than the one before, with its own marker: where two methods give the
-            # same numbers (doge and doge-nc at the same ticket) both stay visible, one inside the other
-            ax.plot(x, y, marker=registry.marker(method), markersize=max(3.0, 8.0 - 1.5 * k),
-                    linewidth=max(0.8, 2.4 - 0.5 * k), color=color, linestyle=registry.linestyle(method),
-                    label=label)
+            ax.plot(x, y, marker=registry.marker(method), color=color, linestyle=registry.linestyle(method),
+                    label=label, **nested(k))
             ax.fill_between(x, y - s, y + s, color=color, alpha=0.15, linewidth=0)
         if len(ticket_x):  # one sparsity axis for every panel (a dataset a running study has not finished too)
             pad = max(1.0, 0.05 * (ticket_x.max() - ticket_x.min()))
@@ -157,6 +154,12 @@ def plot_transitions(runs: pd.DataFrame, out: Path) -> Path | None:
     _legend_below(fig, axes)
     fig.suptitle("Transitions with varying sparsity (mean ± std over seeds)")
     return _save(fig, Path(out) / "transitions.png", data)
+
+
+def nested(k: int) -> dict[str, float]:
+    """Line width and marker size of a panel's k-th curve: each thinner than the one before, so that where two
+    methods give the same numbers (doge and doge-nc at the same ticket) both stay visible, one inside the other."""
+    return {"markersize": max(3.0, 8.0 - 1.5 * k), "linewidth": max(0.8, 2.4 - 0.5 * k)}
 
 
 def _legend_below(fig: Any, axes: Any) -> None:
