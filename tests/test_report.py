@@ -495,6 +495,18 @@ def test_figures_and_csvs(runs: pd.DataFrame, tmp_path: Path) -> None:
     assert (
         plot_lambda(one_lambda, tmp_path / "one") is None and not (tmp_path / "one" / "lambda.png").exists()
     )
+    # lambda chosen on dev per seed and sparsity ("preview"): 10 at 10%, 100 at 30%: two lambdas, no curve
+    unchosen = runs["target_sparsity"].round(2).map({0.1: 100.0, 0.3: 10.0})
+    chosen = runs[~((runs.method == "doge") & (runs["lambda"] == unchosen))]
+    assert set(chosen.loc[chosen.method == "doge", "lambda"]) == {10.0, 100.0}
+    assert plot_lambda(chosen, tmp_path / "chosen") is None
+    from dogetickets.report import sections
+    from dogetickets.report.document import Document
+
+    doc = Document()
+    sections._lambda(doc, chosen, tmp_path / "chosen")
+    assert any(k == "p" and "chosen on in-domain dev" in x for k, x in doc.blocks)
+    assert not any(k == "img" for k, _ in doc.blocks)
 
     png, counts = plot_scores(scores_json(), tmp_path)
     assert png.stat().st_size > 1000 and (tmp_path / "scores.csv").is_file()

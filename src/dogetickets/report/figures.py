@@ -196,10 +196,20 @@ def lambda_data(runs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def lambda_swept(runs: pd.DataFrame) -> list[str]:
+    """The datasets whose doge runs trained more than one lambda for the same seed and sparsity
+    (tickets.lambda_choice = "rewind"). Under "preview" each seed and sparsity trains only the lambda chosen
+    on dev, so the chosen lambdas of different sparsities or seeds are no curve over lambda."""
+    doge = runs[(runs["method"] == "doge") & runs["test_mean"].notna() & runs["lambda"].notna()]
+    return [str(ds) for ds, g in doge.groupby("dataset", sort=False)
+            if g.groupby(["seed", "target_sparsity"])["lambda"].nunique().max() > 1]
+
+
 def plot_lambda(runs: pd.DataFrame, out: Path) -> Path | None:
-    """lambda.png + lambda.csv for the datasets with more than one lambda; None (no file) if there is none."""
+    """lambda.png + lambda.csv for the datasets that trained several lambdas per seed and sparsity
+    (`lambda_swept`); None (no file) if there is none."""
     data = lambda_data(runs)
-    keep = [ds for ds, g in data.groupby("dataset", sort=False) if g["lambda"].nunique() > 1]
+    keep = lambda_swept(runs)
     if not keep:
         return None
     data = data[data["dataset"].isin(keep)].reset_index(drop=True)
