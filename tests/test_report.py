@@ -737,6 +737,20 @@ def test_summary_numbers(run_dir: Path, tmp_path: Path) -> None:
         "(mean over 2 datasets; 0 of 4 seeds ahead)"
     )
 
+    # the answer up front, right after Table 2: the same numbers as the summary's doge lines, in one table
+    assert md.index("## Table 2") < md.index("## The answer: doge tickets against") < md.index("## Summary")
+    answer = _section(md, "The answer: doge tickets against ERM (fine-tuning) and winning tickets")
+    rows = {r.split(" | ")[0].lstrip("| "): r.strip(" |").split(" | ") for r in answer.splitlines()
+            if r.startswith("| amazon") or r.startswith("| mean over")}
+    a_erm = boot.loc["doge - erm"]
+    assert rows["amazonA"][1:4] == [f"{pts(da)[:-7]} [{points(a_erm.ci_low)}, {points(a_erm.ci_high)}], "
+                                    f"p = {p_value(a_erm.p_value)}", "+12.5, +15.0", f"{100 * a_erm.mdd:.1f}"]
+    assert rows["amazonA"][5] == "+17.5, +20.0" and rows["amazonB"][2] == "+12.5, -17.5"
+    assert rows["mean over datasets"][1:4] == [
+        f"{100 * overall_erm:+.1f} [{points(both.ci_low)}, {points(both.ci_high)}], p = {p_value(both.p_value)}",
+        "3 of 4 seeds ahead", f"{100 * both.mdd:.1f}"]
+    assert "noise-corrected" not in answer  # the paper's method only: doge against ERM and winning tickets
+
 
 def test_summary_single_dataset_has_no_overall(report: Path) -> None:
     summary = _section(report.read_text(), "Summary")

@@ -79,14 +79,16 @@ def write_report(
     runs = all_runs[all_runs["dataset"].isin(names)]
 
     with recording_writes() as written:
+        sel = select_dev_in_order(runs)
+        boot = comparisons.compute(sel, folder, n_boot, seed)
         doc = Document(md_dir=md.parent)
         sections.inputs(doc, title, all_names, run_dirs, all_runs, seeds)
         sections.selection_rule(doc)
         sections.table2(doc, runs, folder)
+        comparisons.answer(doc, names, sel, runs, boot)
         sections.paper_beside_ours(doc, names, main_dirs, runs)
-        sel = select_dev_in_order(runs)
         sections.dev_selected(doc, sel)
-        boot = comparisons.bootstrap(doc, sel, folder, n_boot, seed)
+        comparisons.bootstrap(doc, boot, n_boot, seed)
         comparisons.summary(doc, names, sel, runs, boot)
         comparisons.power(doc, boot)
         domain_count.section(doc, all_names, fams, all_runs, folder, n_boot, seed)

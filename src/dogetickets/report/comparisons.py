@@ -19,7 +19,7 @@ from dogetickets.report.select import with_test
 from dogetickets.report.stats import ALL_DATASETS, BOOTSTRAP_METHOD, bootstrap_table
 from dogetickets.report.tables import p_value, percent
 
-__all__ = ["HEADLINE", "bootstrap", "pairs", "power", "seed_diffs", "summary"]
+__all__ = ["HEADLINE", "answer", "bootstrap", "compute", "pairs", "power", "seed_diffs", "summary"]
 
 HEADLINE = "doge"  # the paper's method: its registry comparisons are summarized even without a bootstrap row
 _POOLED = ("ci_low", "ci_high", "p_value", "ex_ci_low", "ex_ci_high", "ex_p_value", "n_seeds", "mdd")
@@ -122,11 +122,16 @@ def _bootstrap_shown(boot: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def bootstrap(doc: Document, sel: pd.DataFrame, out: Path, n_boot: int, seed: int) -> pd.DataFrame:
-    """The paired bootstrap of the dev-selected runs `sel` (bootstrap.csv into `out`) and its section; returns
-    the bootstrap table."""
+def compute(sel: pd.DataFrame, out: Path, n_boot: int, seed: int) -> pd.DataFrame:
+    """The paired bootstrap of the dev-selected runs `sel` (``stats.bootstrap_table``), written to
+    bootstrap.csv in `out`; every section on the comparisons reads it."""
     boot = bootstrap_table(sel, n_boot=n_boot, seed=seed)
     atomic_write_text(out / "bootstrap.csv", boot.to_csv(index=False))
+    return boot
+
+
+def bootstrap(doc: Document, boot: pd.DataFrame, n_boot: int, seed: int) -> None:
+    """The paired bootstrap's section: its method and every row of `boot` (from :func:`compute`)."""
     doc.h(2, "Paired bootstrap")
     doc.p(BOOTSTRAP_METHOD.format(n_boot=n_boot, seed=seed))
     if boot.empty:
@@ -139,7 +144,64 @@ def bootstrap(doc: Document, sel: pd.DataFrame, out: Path, n_boot: int, seed: in
             "difference). Points; bootstrap.csv has every number."
         )
         doc.table(_bootstrap_shown(boot))
-    return boot
+
+
+# ------------------------------------------------------------------------------------ the answer, up front
+
+
+def _answer_cells(diffs: list[float], mean: float, pooled: dict[str, float], overall: bool) -> list[str]:
+    """(difference with its interval and p, the seeds, the detectable difference) of one comparison."""
+    if not pooled:
+        cell = percent(mean, True)
+    elif math.isnan(pooled["ci_low"]):
+        cell = (f"{percent(mean, True)} {_interval(pooled['ex_ci_low'], pooled['ex_ci_high'])}, "
+                f"p = {p_value(pooled['ex_p_value'])} (one seed: test-set noise only)")
+    else:
+        ci = _interval(pooled["ci_low"], pooled["ci_high"])
+        cell = f"{percent(mean, True)} {ci}, p = {p_value(pooled['p_value'])}"
+    seeds = _ahead(diffs) if overall or len(diffs) > 10 else ", ".join(percent(d, True) for d in diffs)
+    mdd = pooled.get("mdd", math.nan)
+    return [cell, seeds, "" if math.isnan(mdd) else percent(mdd)]
+
+
+def answer(doc: Document, names: list[str], sel: pd.DataFrame, runs: pd.DataFrame, boot: pd.DataFrame) -> None:
+    """The paper's claims in one table: doge tickets minus ERM and minus winning tickets per dataset and over
+    datasets, each with its two-level 95% CI and p, the per-seed differences and the smallest difference the
+    design detects (80% power). Nothing new: the numbers of 'Summary', 'Paired bootstrap' and 'Power'."""
+    chosen = with_test(sel, runs)
+    compared = [(a, b) for a, b in methods.comparisons(set(sel["method"])) if a == HEADLINE]
+    rows: dict[str, list[str]] = {}
+    found: _Found = {}
+    for name in names:
+        cells = []
+        for a, b in compared:
+            diffs, pooled = seed_diffs(name, a, b, chosen, boot)
+            if diffs:
+                found.setdefault((a, b), []).append((sum(diffs) / len(diffs), diffs))
+            cells += _answer_cells(diffs, sum(diffs) / len(diffs), pooled, False) if diffs else ["-", "", ""]
+        rows[name] = cells
+    if not any(found.values()):
+        return
+    if len(names) > 1:
+        cells = []
+        for a, b in compared:
+            per = found.get((a, b), [])
+            full = len(per) == len(names)
+            _, pooled = seed_diffs(ALL_DATASETS, a, b, chosen, boot)
+            mean = sum(m for m, _ in per) / len(per) if full else math.nan
+            cells += (_answer_cells([d for _, ds in per for d in ds], mean, pooled, True) if full
+                      else ["-", "", ""])
+        rows["mean over datasets"] = cells
+    columns = ["dataset"]
+    for a, b in compared:
+        c = f"{methods.label(a)} - {methods.label(b)}"
+        columns += [f"{c} (points, two-level 95% CI, p)", f"{c}: per seed", f"{c}: detectable (80% power)"]
+    doc.h(2, f"The answer: {methods.label(HEADLINE)} against {' and '.join(methods.label(b) for _, b in compared)}")
+    doc.p("The paper's claims in one table, from the dev-selected runs: the mean test difference in points, its "
+          "two-level 95% CI and p (seeds and test examples resampled; 'Paired bootstrap'), each seed's "
+          "difference, and the smallest true difference this design detects with 80% power ('Power'). A "
+          "difference not significant here says little about one smaller than that.")
+    doc.table(pd.DataFrame([[n, *c] for n, c in rows.items()], columns=columns))
 
 
 # -------------------------------------------------------------------------------------------- summary
