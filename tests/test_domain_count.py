@@ -48,15 +48,15 @@ def _run(folder: Path, name: str, seed: int, correct: dict[str, np.ndarray], dev
     (folder / "DONE").write_text("")
 
 
-def make_member(root: Path, train: list[str], gain: float, seed: int = 0) -> Path:
+def make_member(root: Path, train: list[str], gain: float, seed: int = 0, test: list[str] = TEST) -> Path:
     """Three seeds of ERM (70% right) and a doge ticket right `gain` more often, on the same test examples."""
-    _config(root, train)
+    _config(root, train, test)
     rng = np.random.default_rng(seed)
     for s in range(3):
-        u = rng.random((len(TEST), N))
+        u = rng.random((len(test), N))
         for name, p in (("erm", 0.7), ("doge-s10-l10", 0.7 + gain)):
             folder = root / f"seed{s}" / ("erm" if name == "erm" else f"rewind/{name}")
-            _run(folder, name, s, {d: u[k] < p for k, d in enumerate(TEST)}, dev=0.8)
+            _run(folder, name, s, {d: u[k] < p for k, d in enumerate(test)}, dev=0.8)
     return root
 
 
@@ -139,3 +139,34 @@ def test_report_puts_variants_in_table4_not_among_the_datasets(study: list[Path]
     csv = pd.read_csv(tmp_path / "study" / "table4.csv")
     assert set(csv["member"]) == {"mnli", "mnli-4", "mnli-3", "change"} and set(csv["family"]) == {"mnli"}
     assert "mnli-3" in md.split("## All runs", 1)[1]  # every run is still listed
+
+
+def test_the_papers_table4_stands_beside_ours_for_the_papers_mnli(tmp_path: Path) -> None:
+    """With the paper's MNLI genres (5 trained, its 5 unseen), Table 4's section quotes the paper's Table 4
+    (84.8 / 84.2 / 83.0 for BERT, 85.0 / 84.5 / 83.6 for doge) beside our oracle and dev-selected numbers."""
+    from dogetickets.report import paper
+
+    unseen = ["facetoface", "letters", "nineeleven", "oup", "verbatim"]
+    dirs = [make_member(tmp_path / name, GENRES[:k], 0.05, seed=k, test=unseen)
+            for name, k in (("mnli", 5), ("mnli-4", 4), ("mnli-3", 3))]
+    assert paper.identify(dirs[0]).key == "mnli" and paper.identify(dirs[1]) is None
+    md = write_report(dirs, out=tmp_path / "study.md", n_boot=50).read_text()
+    section = md.split("## Table 4: the number of training domains (mnli, Acc)", 1)[1].split("\n## ", 1)[0]
+    assert "The paper's Table 4 beside ours" in section
+    rows = {tuple(c.strip() for c in r.strip("|").split("|")[:3]) for r in section.splitlines() if "genres)" in r}
+    for member, k in (("mnli", 5), ("mnli-4", 4), ("mnli-3", 3)):
+        assert (f"{member} ({k} genres)", "ERM (fine-tuning)", f"{paper.TABLE4['erm'][k]:.1f}") in rows
+        assert (f"{member} ({k} genres)", "doge tickets", f"{paper.TABLE4['doge'][k]:.1f}") in rows
+        gap = paper.TABLE4["doge"][k] - paper.TABLE4["erm"][k]
+        assert (f"{member} ({k} genres)", "doge tickets - ERM (fine-tuning)", f"{gap:+.1f}") in rows
+    assert [paper.TABLE4["doge"][k] - paper.TABLE4["erm"][k] for k in (5, 4, 3)] == pytest.approx([0.2, 0.3, 0.6])
+    text = (Path(__file__).resolve().parents[2] / "shared" / "paper" / "doge-tickets.md").read_text(encoding="utf-8")
+    table = text[text.index("Model\tMNLI-5"):text.index("Table 4:")]
+    for label, method in (("BERT", "erm"), ("w/ winning tickets", "winning"), ("w/ doge tickets", "doge")):
+        (line,) = [x for x in table.splitlines() if x.startswith(label + "\t")]
+        assert [float(c) for c in line.split("\t")[1:4]] == [paper.TABLE4[method][k] for k in (5, 4, 3)]
+    # without the paper's genres (the module's study: two unseen genres) there is nothing of the paper's to show
+    other = write_report(dirs[:0] + [make_member(tmp_path / "x" / "mnli", GENRES, 0.1),
+                                     make_member(tmp_path / "x" / "mnli-3", GENRES[:3], 0.0)],
+                         out=tmp_path / "other.md", n_boot=50).read_text()
+    assert "## Table 4" in other and "The paper's Table 4 beside ours" not in other

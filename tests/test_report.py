@@ -27,7 +27,7 @@ from dogetickets.report.stats import (
     metric_from_sums,
     paired_bootstrap,
 )
-from dogetickets.report.tables import p_value, points, summarize, table2
+from dogetickets.report.tables import p_is, p_value, points, summarize, table2
 
 TEST_DOMAINS = ("Software", "Movies")
 DEV_DOMAINS = ("All_Beauty", "Automotive")
@@ -709,8 +709,8 @@ def test_summary_numbers(run_dir: Path, tmp_path: Path) -> None:
                     "(80% power)" if pooled.p_value >= 0.05 else "")
             assert text.endswith(
                 f"; two-level 95% CI [{points(pooled.ci_low)}, {points(pooled.ci_high)}], "
-                f"p = {p_value(pooled.p_value)}; test-set noise only [{points(pooled.ex_ci_low)}, "
-                f"{points(pooled.ex_ci_high)}], p = {p_value(pooled.ex_p_value)}{null})"
+                f"{p_is(pooled.p_value)}; test-set noise only [{points(pooled.ex_ci_low)}, "
+                f"{points(pooled.ex_ci_high)}], {p_is(pooled.ex_p_value)}{null})"
             ), text
             assert pooled.ci_high - pooled.ci_low > pooled.ex_ci_high - pooled.ex_ci_low  # seeds disagree here
         else:
@@ -723,8 +723,8 @@ def test_summary_numbers(run_dir: Path, tmp_path: Path) -> None:
     assert both.p_value >= 0.05  # B's seed 1 disagrees
     assert line(overall, "doge tickets - ERM (fine-tuning)").endswith(
         f"{100 * overall_erm:+.1f} points (mean over 2 datasets; 3 of 4 seeds ahead; two-level 95% CI "
-        f"[{points(both.ci_low)}, {points(both.ci_high)}], p = {p_value(both.p_value)}; test-set noise only "
-        f"[{points(both.ex_ci_low)}, {points(both.ex_ci_high)}], p = {p_value(both.ex_p_value)}; not significant, "
+        f"[{points(both.ci_low)}, {points(both.ci_high)}], {p_is(both.p_value)}; test-set noise only "
+        f"[{points(both.ex_ci_low)}, {points(both.ex_ci_high)}], {p_is(both.ex_p_value)}; not significant, "
         f"and this design detects only about {100 * both.mdd:.1f} points or more (80% power))"
     )
     assert line(overall, "doge tickets (noise-corrected var.) - ERM (fine-tuning)").endswith(
@@ -744,10 +744,10 @@ def test_summary_numbers(run_dir: Path, tmp_path: Path) -> None:
             if r.startswith("| amazon") or r.startswith("| mean over")}
     a_erm = boot.loc["doge - erm"]
     assert rows["amazonA"][1:4] == [f"{pts(da)[:-7]} [{points(a_erm.ci_low)}, {points(a_erm.ci_high)}], "
-                                    f"p = {p_value(a_erm.p_value)}", "+12.5, +15.0", f"{100 * a_erm.mdd:.1f}"]
+                                    f"{p_is(a_erm.p_value)}", "+12.5, +15.0", f"{100 * a_erm.mdd:.1f}"]
     assert rows["amazonA"][5] == "+17.5, +20.0" and rows["amazonB"][2] == "+12.5, -17.5"
     assert rows["mean over datasets"][1:4] == [
-        f"{100 * overall_erm:+.1f} [{points(both.ci_low)}, {points(both.ci_high)}], p = {p_value(both.p_value)}",
+        f"{100 * overall_erm:+.1f} [{points(both.ci_low)}, {points(both.ci_high)}], {p_is(both.p_value)}",
         "3 of 4 seeds ahead", f"{100 * both.mdd:.1f}"]
     assert "noise-corrected" not in answer  # the paper's method only: doge against ERM and winning tickets
 
@@ -994,6 +994,10 @@ def test_a_report_written_again_removes_only_the_files_its_last_one_wrote(run_di
 
 def test_no_allocation_section_without_allocation_variants(report: Path) -> None:
     assert "Ticket allocations compared" not in report.read_text()
+
+
+def test_a_p_value_reads_as_a_sentence() -> None:
+    assert p_is(0.0123) == "p = 0.012" and p_is(0.0001) == "p < 0.001" and p_is(float("nan")) == ""
 
 
 def test_points_that_round_to_zero_keep_their_side() -> None:

@@ -91,7 +91,7 @@ def write_report(
         comparisons.bootstrap(doc, boot, n_boot, seed)
         comparisons.summary(doc, names, sel, runs, boot)
         comparisons.power(doc, boot)
-        domain_count.section(doc, all_names, fams, all_runs, folder, n_boot, seed)
+        domain_count.section(doc, all_names, fams, all_runs, folder, n_boot, seed, run_dirs)
         sections.allocations_compared(doc, runs, folder)
         provenance.wall_time(doc, all_names, run_dirs, all_runs)
         provenance.reproduce(doc, run_dirs, out, n_boot, seed, title, commands, seeds)

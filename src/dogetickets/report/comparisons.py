@@ -17,7 +17,7 @@ from dogetickets.report.collect import metric_label
 from dogetickets.report.document import Document
 from dogetickets.report.select import with_test
 from dogetickets.report.stats import ALL_DATASETS, BOOTSTRAP_METHOD, bootstrap_table
-from dogetickets.report.tables import p_value, percent
+from dogetickets.report.tables import p_is, p_value, percent
 
 __all__ = ["HEADLINE", "answer", "bootstrap", "compute", "pairs", "power", "seed_diffs", "summary"]
 
@@ -83,12 +83,12 @@ def _ci(pooled: dict[str, float]) -> str:
     if not pooled:
         return ""
     noise = (f"test-set noise only {_interval(pooled['ex_ci_low'], pooled['ex_ci_high'])}, "
-             f"p = {p_value(pooled['ex_p_value'])}")
+             f"{p_is(pooled['ex_p_value'])}")
     if math.isnan(pooled["ci_low"]):
         return f"; one seed: {noise}"
     null = (f"; not significant, and this design detects only about {percent(pooled['mdd'])} points or more "
             "(80% power)" if pooled["p_value"] >= 0.05 and not math.isnan(pooled["mdd"]) else "")
-    return (f"; two-level 95% CI {_interval(pooled['ci_low'], pooled['ci_high'])}, p = {p_value(pooled['p_value'])}; "
+    return (f"; two-level 95% CI {_interval(pooled['ci_low'], pooled['ci_high'])}, {p_is(pooled['p_value'])}; "
             + noise + null)
 
 
@@ -155,10 +155,10 @@ def _answer_cells(diffs: list[float], mean: float, pooled: dict[str, float], ove
         cell = percent(mean, True)
     elif math.isnan(pooled["ci_low"]):
         cell = (f"{percent(mean, True)} {_interval(pooled['ex_ci_low'], pooled['ex_ci_high'])}, "
-                f"p = {p_value(pooled['ex_p_value'])} (one seed: test-set noise only)")
+                f"{p_is(pooled['ex_p_value'])} (one seed: test-set noise only)")
     else:
         ci = _interval(pooled["ci_low"], pooled["ci_high"])
-        cell = f"{percent(mean, True)} {ci}, p = {p_value(pooled['p_value'])}"
+        cell = f"{percent(mean, True)} {ci}, {p_is(pooled['p_value'])}"
     seeds = _ahead(diffs) if overall or len(diffs) > 10 else ", ".join(percent(d, True) for d in diffs)
     mdd = pooled.get("mdd", math.nan)
     return [cell, seeds, "" if math.isnan(mdd) else percent(mdd)]

@@ -91,7 +91,8 @@ def paper_beside_ours(doc: Document, names: list[str], run_dirs: list[Path], run
         "paper's numbers with that column only; the dev-selected column is our result. Differences: of the "
         "means, in points."
     )
-    doc.table(tables.paper_table(runs, known))
+    doc.table(tables.paper_table(runs, {n: (f"{n} ({pd_.label})", paper.table2_column(pd_.key))
+                                        for n, pd_ in known.items()}))
     notes = []
     for n, pd_ in known.items():
         diffs = paper.differences(run_dirs[names.index(n)], pd_)

@@ -64,6 +64,12 @@ def p_value(p: float | None) -> str:
     return "< 0.001" if p < 0.0005 else f"{p:.3f}"
 
 
+def p_is(p: float | None) -> str:
+    """A p-value in a sentence or cell: "p = 0.003", "p < 0.001"; "" for None or NaN."""
+    text = p_value(p)
+    return "" if not text else f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def mean_std(values: list[float] | np.ndarray) -> tuple[float, float, int]:
     """Mean, sample std (NaN with fewer than two values) and count of the non-NaN values."""
     v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
@@ -158,18 +164,17 @@ def _cell(means: dict[tuple[str, str], float], method: str, selection: str) -> f
     return means.get((method, selection), math.nan)
 
 
-def paper_table(runs: pd.DataFrame, datasets: dict[str, Any]) -> pd.DataFrame:
-    """The paper's Table 2 beside ours, for the run directories that are one of its datasets.
+def paper_table(runs: pd.DataFrame, datasets: dict[str, tuple[str, dict[str, float]]]) -> pd.DataFrame:
+    """A table of the paper beside ours (its Table 2, or its Table 4), for the run directories it has.
 
-    `datasets`: our dataset name -> :class:`report.paper.PaperDataset`. One row per (dataset, method), then
-    one per (dataset, method - ERM): the paper's number (%), ours test-selected (the paper's protocol: per
-    seed the configuration with the best test mean, then the mean over seeds) and ours dev-selected (the
-    reported result). Differences are differences of those means, in points."""
-    from dogetickets.report import paper
-
+    `datasets`: our dataset name -> (its name in the table, the paper's score in % by method base name: the
+    ``report.paper`` column it matches). One row per (dataset, method), then one per (dataset, method - ERM):
+    the paper's number, ours test-selected (the paper's protocol: per seed the configuration with the best test
+    mean, then the mean over seeds) and ours dev-selected (the reported result). Differences are differences of
+    those means, in points."""
     summary = summarize(runs)
     rows: list[dict[str, str]] = []
-    for name, pd_ in datasets.items():
+    for name, (shown, scores) in datasets.items():
         sub = summary[summary["dataset"] == name]
         methods = registry.ordered(sub["method"])
         means = {
@@ -178,9 +183,9 @@ def paper_table(runs: pd.DataFrame, datasets: dict[str, Any]) -> pd.DataFrame:
         }
         cell = functools.partial(_cell, means)
         for m in methods:
-            ps = paper.score(m, pd_.key)
+            ps = scores.get(registry.base(m))
             rows.append({
-                "dataset": f"{name} ({pd_.label})",
+                "dataset": shown,
                 "model": registry.label(m),
                 "paper (test-selected)": "-" if ps is None else f"{ps:.1f}",
                 f"ours, {ORACLE}": pct(cell(m, "oracle")) or "-",
@@ -191,9 +196,9 @@ def paper_table(runs: pd.DataFrame, datasets: dict[str, Any]) -> pd.DataFrame:
         for m in methods:
             if m == "erm":
                 continue
-            ps, pe = paper.score(m, pd_.key), paper.score("erm", pd_.key)
+            ps, pe = scores.get(registry.base(m)), scores.get("erm")
             rows.append({
-                "dataset": f"{name} ({pd_.label})",
+                "dataset": shown,
                 "model": f"{registry.label(m)} - {registry.label('erm')}",
                 "paper (test-selected)": "-" if ps is None or pe is None else points((ps - pe) / 100),
                 f"ours, {ORACLE}": points(cell(m, "oracle") - cell("erm", "oracle")) or "-",
