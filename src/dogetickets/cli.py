@@ -208,8 +208,10 @@ def report(
         "running study has finished")] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """report.md/.html, CSVs and figures: Table 2 (dev-selected), paired bootstrap, summary, wall time and
-    machine, the commands that reproduce it, transitions, lambda, scores."""
+    """report.md/.html, CSVs and figures: Table 2 (dev-selected), the answer (doge - ERM, doge - winning),
+    paired bootstrap, summary, power, Table 4, wall time and machine, the commands that reproduce it, figures
+    and diagnostics. Written again to the same place, it removes the files its last report wrote there and
+    this one does not (report-files.json)."""
     from dogetickets.report import write_report
 
     path = write_report(run_dirs, out=out, n_boot=n_boot, seed=seed, title=title, commands=command,
