@@ -1,4 +1,4 @@
-"""The README's numbers about the published Amazon study, computed from its committed CSVs (docs/study/).
+"""The README's numbers about the published Amazon study, computed from its committed CSVs (docs/issue10/study/).
 
 The study's run directories (with every prediction) are not kept in the repository, so `doge report`'s
 two-level bootstrap cannot be recomputed from what is committed. What the CSVs do hold is each seed's
@@ -10,7 +10,7 @@ anything, too narrow and the detectable difference too small. Also printed: doge
 unrounded means, the units the tickets prune at 30% per allocation, the `global` tickets at 20-30% that
 keep almost no attention, and the recorded process time.
 
-    .venv/bin/python scripts/study_facts.py [docs/study]
+    .venv/bin/python scripts/study_facts.py [docs/issue10/study]
 """
 
 from __future__ import annotations
@@ -84,4 +84,4 @@ def main(folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "docs" / "study")
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "docs" / "issue10" / "study")

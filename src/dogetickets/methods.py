@@ -29,7 +29,7 @@ BaselineName = Literal["erm", "irm"]  # the registered baselines (checked below)
 ALLOCATIONS: tuple[str, ...] = get_args(Allocation)
 GRANULARITIES: tuple[str, ...] = get_args(Granularity)
 # The default allocation (config tickets.allocation, dogetickets.select_ticket, tickets.select): the one the
-# study's in-domain dev chose (README, "Does it work?"; `doge report`'s "Ticket allocations compared"). Ticket
+# study's in-domain dev chose (README, "Does it work?"; docs/issue10/study.md, "Ticket allocations compared"). Ticket
 # files written before allocations existed were global (tickets.Ticket).
 DEFAULT_ALLOCATION = "proportional"
 RANKINGS: tuple[str, ...] = ("random", "pooled", "domain_general", "worst")

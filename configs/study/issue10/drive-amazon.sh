@@ -1,5 +1,5 @@
 #!/bin/bash
-# The Amazon study's driver (issue 10, docs/study.md), as it ran: seed by seed, Amazon A with every method (the allocation
+# The Amazon study's driver (issue 10, docs/issue10/study.md), as it ran: seed by seed, Amazon A with every method (the allocation
 # variants too), then B and C with the core methods. Only scheduling: `doge run configs/study/issue10/amazon_X.toml`
 # for X in a, b, c does the same runs in another order. Sweeps resume from their DONE markers: rerun it to
 # continue (in the background: `nohup configs/study/issue10/drive-amazon.sh > /dev/null 2>&1 &`); runs/study/drive.log
