@@ -159,8 +159,13 @@ def test_the_papers_table4_stands_beside_ours_for_the_papers_mnli(tmp_path: Path
         assert (f"{member} ({k} genres)", "doge tickets", f"{paper.TABLE4['doge'][k]:.1f}") in rows
         gap = paper.TABLE4["doge"][k] - paper.TABLE4["erm"][k]
         assert (f"{member} ({k} genres)", "doge tickets - ERM (fine-tuning)", f"{gap:+.1f}") in rows
+    ours = [r.strip("|").split("|")[3:5] for r in section.splitlines() if "genres)" in r]
+    assert len(ours) == 9 and all(c.strip() not in ("", "-") for pair in ours for c in pair)  # oracle, dev-selected
     assert [paper.TABLE4["doge"][k] - paper.TABLE4["erm"][k] for k in (5, 4, 3)] == pytest.approx([0.2, 0.3, 0.6])
-    text = (Path(__file__).resolve().parents[2] / "shared" / "paper" / "doge-tickets.md").read_text(encoding="utf-8")
+    text_path = Path(__file__).resolve().parents[2] / "shared" / "paper" / "doge-tickets.md"
+    if not text_path.is_file():
+        pytest.skip("the paper's text is not here")
+    text = text_path.read_text(encoding="utf-8")
     table = text[text.index("Model\tMNLI-5"):text.index("Table 4:")]
     for label, method in (("BERT", "erm"), ("w/ winning tickets", "winning"), ("w/ doge tickets", "doge")):
         (line,) = [x for x in table.splitlines() if x.startswith(label + "\t")]

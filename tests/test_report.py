@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dogetickets import methods
 from dogetickets.errors import DogeError
 from dogetickets.report import write_report
 from dogetickets.report.collect import load_all, load_runs
@@ -507,6 +508,10 @@ def test_figures_and_csvs(runs: pd.DataFrame, tmp_path: Path) -> None:
     sections._lambda(doc, chosen, tmp_path / "chosen")
     assert any(k == "p" and "chosen on in-domain dev" in x for k, x in doc.blocks)
     assert not any(k == "img" for k, _ in doc.blocks)
+    doc = Document()  # one dataset swept, one not: drawn, and the other named
+    sections._lambda(doc, pd.concat([runs, chosen.assign(dataset="other")], ignore_index=True), tmp_path / "both")
+    assert any(k == "p" and "Not drawn for other: " in x for k, x in doc.blocks)
+    assert any(k == "img" for k, _ in doc.blocks)
 
     png, counts = plot_scores(scores_json(), tmp_path)
     assert png.stat().st_size > 1000 and (tmp_path / "scores.csv").is_file()
@@ -738,7 +743,9 @@ def test_summary_numbers(run_dir: Path, tmp_path: Path) -> None:
     )
 
     # the answer up front, right after Table 2: the same numbers as the summary's doge lines, in one table
-    assert md.index("## Table 2") < md.index("## The answer: doge tickets against") < md.index("## Summary")
+    after_table2 = md.split("## Table 2", 1)[1].split("\n## ", 1)[1]
+    assert after_table2.startswith("The answer: doge tickets against") and md.index("## The answer") < md.index(
+        "## Summary")
     answer = _section(md, "The answer: doge tickets against ERM (fine-tuning) and winning tickets")
     rows = {r.split(" | ")[0].lstrip("| "): r.strip(" |").split(" | ") for r in answer.splitlines()
             if r.startswith("| amazon") or r.startswith("| mean over")}
@@ -970,8 +977,9 @@ def test_allocations_compared_on_the_cells_every_allocation_has(tmp_path: Path) 
 
 def test_a_report_written_again_removes_only_the_files_its_last_one_wrote(run_dir: Path, tmp_path: Path) -> None:
     """Rewriting a report where a section no longer applies (the allocations compared) leaves none of its
-    files behind (they would pass for current results); files the report did not write stay, and the
-    manifest lists exactly what the report wrote."""
+    files behind (they would pass for current results); files the report did not write stay, whatever the
+    manifest says (a user's file, a path outside the folder, a link, a name spelt another way), and the
+    manifest lists exactly what the report wrote. A run directory (the default `out`) is never cleaned."""
     from dogetickets.report import MANIFEST
 
     out = tmp_path / "docs" / "study.md"
@@ -979,18 +987,37 @@ def test_a_report_written_again_removes_only_the_files_its_last_one_wrote(run_di
     folder = md.with_suffix("")
     first = set(json.loads((folder / MANIFEST).read_text())["files"])
     assert "allocations.csv" in first and "table2.csv" in first
+    # allocation variants only (no plain doge): the answer compares each with ERM and its own winning tickets
+    answer = _section(md.read_text(), "The answer: doge tickets against ERM (fine-tuning) and winning tickets")
+    header = answer.split("| dataset |", 1)[1].splitlines()[0]
+    assert all(f"{methods.label(a)} - {methods.label(b)} (points" in header
+               for a, b in (("doge-global", "erm"), ("doge-global", "winning-global"),
+                            ("doge-balanced", "erm"), ("doge-balanced", "winning-balanced")))
     assert first == {p.name for p in folder.iterdir() if p.name != MANIFEST}  # every file it wrote, no more
     (folder / "my-notes.txt").write_text("mine")  # the user's, beside the report
+    (folder / "link.csv").symlink_to(folder / "my-notes.txt")
     (tmp_path / "docs" / "outside.txt").write_text("not the report's")
-    (folder / MANIFEST).write_text(json.dumps({"files": [*first, "../outside.txt", "my-notes.txt/.."]}))
+    odd = ["../outside.txt", "my-notes.txt/..", "./table2.csv", str(folder / "runs.csv"), "link.csv", "."]
+    (folder / MANIFEST).write_text(json.dumps({"files": [*first, *odd]}))
 
     write_report([run_dir], out=out, n_boot=20)
     second = set(json.loads((folder / MANIFEST).read_text())["files"])
     assert "allocations.csv" not in second and not (folder / "allocations.csv").exists()
-    assert second and all((folder / n).is_file() for n in second)
-    assert {p.name for p in folder.iterdir()} == second | {MANIFEST, "my-notes.txt"}
+    assert {"table2.csv", "runs.csv"} <= second and all((folder / n).is_file() for n in second)
+    assert {p.name for p in folder.iterdir()} == second | {MANIFEST, "my-notes.txt", "link.csv"}
+    assert (folder / "my-notes.txt").read_text() == "mine" and (folder / "link.csv").is_symlink()
     assert (tmp_path / "docs" / "outside.txt").read_text() == "not the report's"
     assert "Ticket allocations compared" not in md.read_text()
+
+    # into the run directory itself: what `doge preview` / `doge analyze` left there stays, and no manifest
+    own = tmp_path / "own"
+    shutil.copytree(run_dir, own)
+    (own / MANIFEST).write_text(json.dumps({"files": ["config.toml", "pilot.csv"]}))
+    (own / "pilot.csv").write_text("doge analyze's numbers")
+    write_report([own], n_boot=20)
+    assert (own / "config.toml").is_file() and (own / "pilot.csv").read_text() == "doge analyze's numbers"
+    assert json.loads((own / MANIFEST).read_text())["files"] == ["config.toml", "pilot.csv"]  # left as it was
+
 
 def test_no_allocation_section_without_allocation_variants(report: Path) -> None:
     assert "Ticket allocations compared" not in report.read_text()

@@ -4,14 +4,15 @@
 runs.csv, bootstrap.csv, one per figure) and the figures, into the first run directory by default. Beside
 the tables: a summary of the dev-selected differences, the wall time and machine of each run directory
 (its timing.json, with the machine description under "machine") and the commands that reproduce it all.
-A report written again into the same place removes the files the last one wrote there and this one did not
-(a figure of a dataset no longer given, a section's CSV that no longer applies): report-files.json lists
-them; no other file is touched.
+A report written again to a folder of its own (``out``, not a run directory) removes the files the last one
+wrote there and this one did not (a figure of a dataset no longer given, a section's CSV that no longer
+applies): report-files.json lists them; no other file is touched. A run directory, which `doge preview` and
+`doge analyze` write into as well, is never cleaned.
 
 The pieces: ``document`` (the report as blocks, rendered to markdown and HTML), ``sections`` (one function
-per section), ``comparisons`` (paired bootstrap, summary, power), ``domain_count`` (Table 4: the same data
-with fewer training domains), ``provenance`` (wall time, machine,
-reproduce), ``diagnostics`` (computation), ``diagnostics_figure`` and ``diagnostics_section``; the data
+per section), ``comparisons`` (the answer table, paired bootstrap, summary, power), ``domain_count``
+(Table 4: the same data with fewer training domains), ``provenance`` (wall time, machine, reproduce),
+``diagnostics`` (computation), ``diagnostics_figure`` and ``diagnostics_section``; the data
 from ``collect`` (the runs table), ``select``, ``stats``, ``tables``, ``figures``, ``allocations``, ``paper``.
 """
 
@@ -102,23 +103,24 @@ def write_report(
 
         atomic_write_text(md, doc.markdown())
         atomic_write_text(md.with_suffix(".html"), doc.html(title))
-    _remove_stale(folder, written)
+    if folder.resolve() not in {d.resolve() for d in run_dirs}:
+        _remove_stale(folder, written | {p for kind, x in doc.blocks if kind == "img" for p in [Path(x[0])]})
     return md
 
 
-def _remove_stale(folder: Path, written: set[Path]) -> None:
-    """Remove the files of `folder` that the last report listed in its manifest and this one did not write,
-    then list this one's. Only names inside `folder` are acted on (a damaged manifest touches nothing else)."""
+def _remove_stale(folder: Path, used: set[Path]) -> None:
+    """Remove the files of `folder` that the last report listed in its manifest and this one did not use
+    (write or link), then list this one's. Only plain names of files directly in `folder` are acted on, never
+    a link: a damaged manifest touches nothing else."""
     from dogetickets.io import is_writer, read_json_or_none, write_json
 
     if not is_writer():
         return
-    root = folder.resolve()
-    mine = sorted({p.resolve().relative_to(root).as_posix() for p in written if p.resolve().is_relative_to(root)})
+    mine = sorted({p.name for p in used if p.parent.resolve() == folder.resolve()})
     last = read_json_or_none(folder / MANIFEST)
     names = last.get("files", []) if isinstance(last, dict) else []
-    for name in set(names if isinstance(names, list) else []) - set(mine) - {MANIFEST}:
-        path = (root / str(name)).resolve()
-        if path.is_relative_to(root) and path != root and path.is_file():
+    for name in {str(n) for n in (names if isinstance(names, list) else [])} - set(mine) - {MANIFEST}:
+        path = folder / name
+        if Path(name).name == name and name not in (".", "..") and path.is_file() and not path.is_symlink():
             path.unlink()
     write_json(folder / MANIFEST, {"written_by": "doge report", "files": mine})

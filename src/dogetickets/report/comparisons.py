@@ -1,6 +1,7 @@
-"""The report's sections on the paired comparisons: the paired bootstrap (bootstrap.csv), the summary of the
-dev-selected differences and the power of the design. The pairs come from the method registry
-(``methods.comparisons``, ``methods.winning_for``) and the bootstrap (``report.stats``)."""
+"""The report's sections on the paired comparisons: the answer (doge - ERM and doge - winning in one table),
+the paired bootstrap (bootstrap.csv), the summary of the dev-selected differences and the power of the
+design. The pairs come from the method registry (``methods.comparisons``, ``methods.winning_for``) and the
+bootstrap (``report.stats``)."""
 
 from __future__ import annotations
 
@@ -169,7 +170,7 @@ def answer(doc: Document, names: list[str], sel: pd.DataFrame, runs: pd.DataFram
     datasets, each with its two-level 95% CI and p, the per-seed differences and the smallest difference the
     design detects (80% power). Nothing new: the numbers of 'Summary', 'Paired bootstrap' and 'Power'."""
     chosen = with_test(sel, runs)
-    compared = [(a, b) for a, b in methods.comparisons(set(sel["method"])) if a == HEADLINE]
+    compared = [(a, b) for a, b in methods.comparisons(set(sel["method"])) if methods.base(a) == HEADLINE]
     rows: dict[str, list[str]] = {}
     found: _Found = {}
     for name in names:
@@ -196,7 +197,8 @@ def answer(doc: Document, names: list[str], sel: pd.DataFrame, runs: pd.DataFram
     for a, b in compared:
         c = f"{methods.label(a)} - {methods.label(b)}"
         columns += [f"{c} (points, two-level 95% CI, p)", f"{c}: per seed", f"{c}: detectable (80% power)"]
-    doc.h(2, f"The answer: {methods.label(HEADLINE)} against {' and '.join(methods.label(b) for _, b in compared)}")
+    against = " and ".join(dict.fromkeys(methods.label(methods.base(b)) for _, b in compared))
+    doc.h(2, f"The answer: {methods.label(HEADLINE)} against {against}")
     doc.p("The paper's claims in one table, from the dev-selected runs: the mean test difference in points, its "
           "two-level 95% CI and p (seeds and test examples resampled; 'Paired bootstrap'), each seed's "
           "difference, and the smallest true difference this design detects with 80% power ('Power'). A "

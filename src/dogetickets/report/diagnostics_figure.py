@@ -15,7 +15,6 @@ import pandas as pd
 from dogetickets import methods
 from dogetickets.io import atomic_replace, atomic_write_text
 from dogetickets.report.diagnostics import curve_label
-from dogetickets.report.figures import nested
 
 __all__ = ["DPI", "plot_diagnostics"]
 
@@ -25,6 +24,8 @@ DPI = 150
 def _overlap_panel(ax: Any, overlap: pd.DataFrame) -> Any:
     """Jaccard vs target sparsity per method (x lambda x allocation): mean over seeds, bars min-max. Returns
     the legend (placed under the panel)."""
+    from dogetickets.report.figures import nested  # pyplot: loaded only to draw
+
     show_alloc = overlap["allocation"].nunique() > 1
     groups = overlap.assign(_l=overlap["lambda"].fillna(-math.inf)).groupby(
         ["method", "_l", "allocation"], sort=False)

@@ -160,15 +160,17 @@ def _transitions(doc: Document, runs: pd.DataFrame, out: Path) -> None:
 def _lambda(doc: Document, runs: pd.DataFrame, out: Path) -> None:
     doc.h(3, "Doge tickets vs lambda (Fig. 3)")
     png = figures.plot_lambda(runs, out)
+    doge = runs[(runs["method"] == "doge") & runs["test_mean"].notna() & runs["lambda"].notna()]
+    unswept = [str(d) for d in dict.fromkeys(doge["dataset"]) if str(d) not in figures.lambda_swept(runs)]
+    why = ("no seed and sparsity has test numbers for more than one lambda (with tickets.lambda_choice = "
+           "\"preview\" each trains only the lambda chosen on in-domain dev; the dev score of every candidate "
+           "lambda is under Diagnostics, 'Lambda chosen on dev'; \"rewind\" trains every lambda)")
     if png:
-        doc.p("OOD test mean vs lambda, one line per sparsity (mean ± std over seeds); evenly spaced λ axis; "
-              "the datasets that trained every lambda (tickets.lambda_choice = \"rewind\").")
+        doc.p("OOD test mean vs lambda, one line per sparsity (mean ± std over seeds); evenly spaced λ axis."
+              + (f" Not drawn for {', '.join(unswept)}: {why}." if unswept else ""))
         doc.image(png, "lambda")
-    elif runs.loc[runs["method"] == "doge", "lambda"].nunique() > 1:
-        doc.p("Not drawn: each seed and sparsity trained only the lambda chosen on in-domain dev before "
-              "rewinding (tickets.lambda_choice = \"preview\"), so no test score exists for the other lambdas. "
-              "The dev score of every candidate lambda is under Diagnostics, 'Lambda chosen on dev'; "
-              "tickets.lambda_choice = \"rewind\" trains every lambda and draws this figure.")
+    elif doge["lambda"].nunique() > 1:
+        doc.p(f"Not drawn: {why}.")
     else:
         doc.p("Skipped: only one lambda (or no doge run with test numbers), so lambda.png is not written.")
 
