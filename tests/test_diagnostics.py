@@ -296,6 +296,7 @@ def test_overlap_curves_that_coincide_both_stay_visible(tmp_path: Path, monkeypa
              if list(a.get_ydata()) == list(b.get_ydata()) and list(a.get_xdata()) == list(b.get_xdata())]
     assert pairs and all(b.get_linewidth() < a.get_linewidth() and b.get_markersize() < a.get_markersize()
                          for a, b in pairs)
+    assert len({line.get_marker() for line in lines}) == len(lines)  # random, doge, doge-nc: their own markers
 
 def test_section_without_data(tmp_path: Path) -> None:
     empty = tmp_path / "empty"

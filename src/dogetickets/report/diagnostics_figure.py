@@ -40,7 +40,8 @@ def _overlap_panel(ax: Any, overlap: pd.DataFrame) -> Any:
         x = 100 * agg.index.to_numpy(float)
         y = agg["mean"].to_numpy()
         err = np.vstack([y - agg["min"].to_numpy(), agg["max"].to_numpy() - y])
-        ax.errorbar(x, y, yerr=err, marker=markers[i % len(markers)], capsize=3, color=methods.color(method),
+        marker = methods.marker(method) if i == 0 else markers[i % len(markers)]  # a method's first: its own
+        ax.errorbar(x, y, yerr=err, marker=marker, capsize=3, color=methods.color(method),
                     linestyle=methods.linestyle(method) if methods.get(method).ranking != "random" else ":",
                     label=curve_label(method, lam, alloc, show_alloc), **nested(k))
     ax.set_xlabel("target sparsity (%)")
