@@ -104,7 +104,7 @@ def write_report(
         atomic_write_text(md, doc.markdown())
         atomic_write_text(md.with_suffix(".html"), doc.html(title))
     if folder.resolve() not in {d.resolve() for d in run_dirs}:
-        _remove_stale(folder, written | {p for kind, x in doc.blocks if kind == "img" for p in [Path(x[0])]})
+        _remove_stale(folder, written | {Path(x[0]) for kind, x in doc.blocks if kind == "img"})
     return md
 
 
