@@ -85,13 +85,18 @@ def _columns(names: list[str], family: Family) -> list[str]:
     return [f"{len(d)} domains ({names[i]})" for i, d in zip(family.members, family.domains, strict=True)]
 
 
+def _shared_methods(frame: pd.DataFrame, members: list[str]) -> set[str]:
+    """The methods every member (dataset name) of `frame` ran."""
+    return set.intersection(*(set(frame.loc[frame["dataset"] == m, "method"]) for m in members))
+
+
 def table(names: list[str], family: Family, runs: pd.DataFrame) -> pd.DataFrame:
     """Model x number of training domains: the dev-selected test mean ± std over seeds, for the methods every
     member ran (registry order)."""
     members = [names[i] for i in family.members]
     sub = runs[runs["dataset"].isin(members)]
     chosen = with_test(select_dev_in_order(sub), sub)
-    common = set.intersection(*(set(chosen.loc[chosen["dataset"] == m, "method"]) for m in members))
+    common = _shared_methods(chosen, members)
     rows = []
     for method in methods.ordered(common):
         row = {"Model": methods.label(method)}
@@ -173,8 +178,7 @@ def _beside_the_paper(doc: Document, names: list[str], family: Family, run_dirs:
         return
     members = [names[i] for i in family.members]
     sub = runs[runs["dataset"].isin(members)]
-    common = set.intersection(*(set(sub.loc[sub["dataset"] == m, "method"]) for m in members))
-    sub = sub[sub["method"].isin(common)]
+    sub = sub[sub["method"].isin(_shared_methods(sub, members))]
     columns = {m: (f"{m} ({len(d)} genres)", paper.table4_column(len(d)))
                for m, d in zip(members, family.domains, strict=True)}
     doc.p(
@@ -187,7 +191,7 @@ def _beside_the_paper(doc: Document, names: list[str], family: Family, run_dirs:
 
 
 def section(doc: Document, names: list[str], fams: list[Family], runs: pd.DataFrame, out: Path,
-            n_boot: int, seed: int, run_dirs: list[Path] | None = None) -> None:
+            n_boot: int, seed: int, run_dirs: list[Path]) -> None:
     """The Table 4 section for each of `fams` (:func:`families` of the report's run directories `run_dirs`,
     whose names are `names`; nothing without one), with the paper's Table 4 beside it where the family is
     the paper's MNLI; table4.csv into `out`."""
@@ -209,8 +213,7 @@ def section(doc: Document, names: list[str], fams: list[Family], runs: pd.DataFr
             "configuration, for the methods every member ran."
         )
         doc.table(table(names, family, runs))
-        if run_dirs is not None:
-            _beside_the_paper(doc, names, family, run_dirs, runs)
+        _beside_the_paper(doc, names, family, run_dirs, runs)
         cmp = comparisons(names, family, runs, n_boot, seed)
         frames.append(cmp.assign(family=base))
         if cmp.empty:

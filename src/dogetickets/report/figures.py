@@ -175,9 +175,14 @@ def _legend_below(fig: Any, axes: Any) -> None:
     )
 
 
+def doge_tested(runs: pd.DataFrame) -> pd.DataFrame:
+    """The doge runs with test numbers and a lambda: what Fig. 3 can draw."""
+    return runs[(runs["method"] == "doge") & runs["test_mean"].notna() & runs["lambda"].notna()]
+
+
 def lambda_data(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, target_sparsity, lambda) of the doge runs: test mean ± std over seeds."""
-    doge = runs[(runs["method"] == "doge") & runs["test_mean"].notna() & runs["lambda"].notna()]
+    doge = doge_tested(runs)
     rows = []
     for (ds, ts, lam), g in doge.groupby(["dataset", "target_sparsity", "lambda"], sort=True):
         mean, std = _agg(g["test_mean"])
@@ -200,7 +205,7 @@ def lambda_swept(runs: pd.DataFrame) -> list[str]:
     """The datasets whose doge runs trained more than one lambda for the same seed and sparsity
     (tickets.lambda_choice = "rewind"). Under "preview" each seed and sparsity trains only the lambda chosen
     on dev, so the chosen lambdas of different sparsities or seeds are no curve over lambda."""
-    doge = runs[(runs["method"] == "doge") & runs["test_mean"].notna() & runs["lambda"].notna()]
+    doge = doge_tested(runs)
     return [str(ds) for ds, g in doge.groupby("dataset", sort=False)
             if g.groupby(["seed", "target_sparsity"])["lambda"].nunique().max() > 1]
 

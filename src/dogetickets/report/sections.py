@@ -160,7 +160,7 @@ def _transitions(doc: Document, runs: pd.DataFrame, out: Path) -> None:
 def _lambda(doc: Document, runs: pd.DataFrame, out: Path) -> None:
     doc.h(3, "Doge tickets vs lambda (Fig. 3)")
     png = figures.plot_lambda(runs, out)
-    doge = runs[(runs["method"] == "doge") & runs["test_mean"].notna() & runs["lambda"].notna()]
+    doge = figures.doge_tested(runs)
     unswept = [str(d) for d in dict.fromkeys(doge["dataset"]) if str(d) not in figures.lambda_swept(runs)]
     why = ("no seed and sparsity has test numbers for more than one lambda (with tickets.lambda_choice = "
            "\"preview\" each trains only the lambda chosen on in-domain dev; the dev score of every candidate "
